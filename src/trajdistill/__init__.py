@@ -1,0 +1,10 @@
+"""trajdistill: distil reasoning into language models from trajectories."""
+
+__version__ = "0.1.0"
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, data file, CLI argument).
+
+    The CLI prints it as one line and exits non-zero, without a traceback.
+    """
