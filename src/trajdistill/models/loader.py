@@ -158,7 +158,9 @@ def load_model(
 ):
     """Load a causal LM from a builtin name, a directory or a hub id, in eval mode on `device`."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bars cover long steps
     path = resolve_model_path(spec)
     dev = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, dev), "trust_remote_code": trust_remote_code}

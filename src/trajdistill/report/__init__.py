@@ -1,1 +1,164 @@
+"""`trajdistill report RUN_DIR...`: one page comparing runs side by side.
 
+Reads only run directories (`config.yaml`, `metrics.jsonl`, `eval/*.json`), so any finished or
+interrupted run can be reported. Writes `report.md`, `report.html` and PNG training curves.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import yaml
+
+from trajdistill import UserError
+from trajdistill.eval.runner import fmt, metric_columns
+from trajdistill.io import atomic_write_text, read_jsonl
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def load_run(path: Path) -> dict:
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"{path} is not a run directory (no config.yaml)")
+    run = {"dir": path, "name": path.name, "config": yaml.safe_load((path / "config.yaml").read_text()) or {}}
+    run["metrics"] = read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else []
+    run["evals"] = {}
+    for f in sorted((path / "eval").glob("*.json")) if (path / "eval").is_dir() else []:
+        import json
+
+        run["evals"][f.stem] = json.loads(f.read_text())
+    return run
+
+
+def config_differences(runs: list[dict]) -> list[tuple[str, list[object]]]:
+    flat = [_flatten(r["config"]) for r in runs]
+    keys = sorted(set().union(*flat) - {"output_dir"})
+    return [(k, [f.get(k) for f in flat]) for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+
+
+def results_table(runs: list[dict], metric: str | None = None) -> str:
+    """Rows: base model then each run's final model; columns: accuracy metrics; delta to base."""
+    rows = []
+    base = next((r["evals"]["before"] for r in runs if "before" in r["evals"]), None)
+    if base:
+        rows.append(("base", base))
+    for r in runs:
+        if "after" in r["evals"]:
+            rows.append((r["name"], r["evals"]["after"]))
+    if not rows:
+        return "_no evaluations found_\n"
+    cols = metric_columns(rows[0][1])
+    head = "| method | " + " | ".join(cols) + " | Δ " + cols[0] + " vs base |"
+    lines = [head, "|---" * (len(cols) + 2) + "|"]
+    for name, summary in rows:
+        cells = [fmt(summary.get(c)) for c in cols]
+        delta = "-"
+        if base and name != "base" and summary.get(cols[0]) and base.get(cols[0]):
+            delta = f"{100 * (summary[cols[0]]['mean'] - base[cols[0]]['mean']):+.1f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+    problems = rows[0][1].get("problems")
+    return f"Held-out problems: {problems}; accuracy in %, mean ± standard error.\n\n" + "\n".join(lines) + "\n"
+
+
+CURVES = ["loss", "kl/mean", "kl/correct", "kl/incorrect", "rollout/pass_rate", "rollout/response_len",
+          "grad_norm", "lr"]
+
+
+def plot_curves(runs: list[dict], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k for r in runs for m in r["metrics"] for k, v in m.items()
+                    if isinstance(v, (int, float)) and k != "step"},
+                   key=lambda k: (CURVES.index(k) if k in CURVES else len(CURVES), k))
+    paths = []
+    for name in names:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        drawn = False
+        for r in runs:
+            pts = [(m["step"], m[name]) for m in r["metrics"]
+                   if isinstance(m.get(name), (int, float)) and not math.isnan(m[name])]
+            if pts:
+                ax.plot(*zip(*pts), label=r["name"], marker="." if len(pts) < 40 else None)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / (name.replace("/", "_") + ".png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def build_report(run_dirs: list[Path], out_dir: Path, title: str = "trajdistill report") -> Path:
+    runs = [load_run(p) for p in run_dirs]
+    out_dir = Path(out_dir)
+    plots_dir = out_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot_curves(runs, plots_dir)
+    diffs = config_differences(runs)
+    md = [f"# {title}", "", "## Held-out results", "", results_table(runs), "## Configuration differences", ""]
+    if diffs:
+        md.append("| field | " + " | ".join(r["name"] for r in runs) + " |")
+        md.append("|---" * (len(runs) + 1) + "|")
+        md += [f"| `{k}` | " + " | ".join(f"`{v}`" for v in vals) + " |" for k, vals in diffs]
+    else:
+        md.append("_identical configurations_")
+    md += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    text = "\n".join(md) + "\n"
+    atomic_write_text(out_dir / "report.md", text)
+    atomic_write_text(out_dir / "report.html", markdown_to_html(text, title))
+    return out_dir / "report.md"
+
+
+def markdown_to_html(text: str, title: str) -> str:
+    """Just enough Markdown (headings, tables, images, paragraphs) for the report page."""
+    body, table = [], []
+
+    def flush_table():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[html.escape(c.strip()) for c in r.strip().strip("|").split("|")] for r in rows]
+            out = ["<table>", "<tr>" + "".join(f"<th>{c}</th>" for c in cells[0]) + "</tr>"]
+            out += ["<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:]]
+            body.append("\n".join(out + ["</table>"]))
+            table.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}">')
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:48%;margin:4px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

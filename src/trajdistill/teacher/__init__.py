@@ -1,1 +1,60 @@
+"""Teachers score the student's tokens under their own context (no gradient).
 
+- `SeparateTeacher`: OPD, a different frozen model with the same vocabulary.
+- `AdapterOffTeacher`: OPSD / TRD-OPSD, the student's own base weights with the LoRA adapter
+  disabled, so no second copy of the weights is held.
+- `FrozenCopyTeacher`: OPSD with full fine-tuning, where no adapter can be switched off: a frozen
+  copy of the initial weights (twice the memory; documented in the README).
+
+Each returns final hidden states at the requested positions plus the LM head weight, so the loss
+computes teacher log-probs chunk by chunk instead of holding [N, V] teacher logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+
+from trajdistill.models.backbone import final_hidden, lm_head_weight
+
+
+class Teacher:
+    def __init__(self, model, *, autocast_bf16: bool = False):
+        self.model = model
+        self.autocast_bf16 = autocast_bf16
+
+    def _context(self):
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def hidden(self, input_ids, attention_mask, rows, cols) -> torch.Tensor:
+        """Final hidden states [N, H] at (rows, cols) of the teacher sequences."""
+        device = next(self.model.parameters()).device
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
+        with self._context(), autocast:
+            states = final_hidden(self.model, input_ids.to(device), attention_mask.to(device))
+        return states[rows.to(device), cols.to(device)].float()
+
+    def head_weight(self) -> torch.Tensor:
+        return lm_head_weight(self.model).detach()
+
+
+class SeparateTeacher(Teacher):
+    def __init__(self, model, **kwargs):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        super().__init__(model.eval(), **kwargs)
+
+
+class AdapterOffTeacher(Teacher):
+    """The peft student with its adapter disabled: exactly the frozen base model."""
+
+    def _context(self):
+        return self.model.disable_adapter()
+
+
+class FrozenCopyTeacher(SeparateTeacher):
+    def __init__(self, student, **kwargs):
+        super().__init__(copy.deepcopy(student), **kwargs)

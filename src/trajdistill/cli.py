@@ -1,0 +1,127 @@
+"""The `trajdistill` command. Thin: parse, load the config, call one function."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from trajdistill import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distil reasoning into language models from trajectories.")
+
+Overrides = typer.Option(None, "--set", "-s", help="Override a config field: --set optim.lr=1e-5 (repeatable).")
+
+
+def user_errors(fn):
+    """User mistakes end as one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="YAML preset (see configs/)."),
+    overrides: Optional[list[str]] = Overrides,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides output_dir)."),
+):
+    """Train with any method (opd, opsd, trd, renio, topd, sft, redi, dpo, simpo)."""
+    from trajdistill.config import load_config
+
+    _quiet_libraries()
+    sets = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
+    cfg = load_config(config, sets)
+    from trajdistill.train.run import train_command
+
+    train_command(cfg, resume=resume)
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Builtin name, directory or hub id."),
+    data: str = typer.Option("builtin:arith-mix", "--data", "-d", help="Problem source (builtin:NAME or a file)."),
+    split: str = typer.Option("held-out", help="held-out | train | all (split by stable id hash)."),
+    limit: Optional[int] = typer.Option(64, help="At most this many problems."),
+    k: list[int] = typer.Option([1, 4], "--k", help="Pass@k values (n = max k samples per problem)."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature for the k samples."),
+    greedy: bool = typer.Option(True, help="Also report greedy accuracy."),
+    max_new_tokens: int = typer.Option(256),
+    batch_size: int = typer.Option(32),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Take prompt/data/eval settings from a preset."),
+    out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Output folder."),
+    label: Optional[str] = typer.Option(None, help="Name of this evaluation in tables (default: the model)."),
+):
+    """Sample k answers per problem, verify them, report Avg@k and Pass@k with standard errors."""
+    from trajdistill.config import EvalSpec, load_config
+    from trajdistill.data import load_problems, split_problems
+    from trajdistill.eval.runner import evaluate, summary_markdown
+    from trajdistill.models import load_model, load_tokenizer
+    from trajdistill.verify import AutoVerifier
+
+    _quiet_libraries()
+    cfg = load_config(config) if config else load_config(None)
+    problems = load_problems(data, fields=cfg.data.fields or None)
+    if split != "all":
+        train_part, held = split_problems(problems, held_out=cfg.data.held_out, seed=cfg.data.split_seed)
+        problems = held if split == "held-out" else train_part
+    problems = problems[:limit] if limit else problems
+    if not problems:
+        raise UserError(f"no problems in {data} ({split})")
+    spec = EvalSpec(k=k, temperature=temperature, greedy=greedy, max_new_tokens=max_new_tokens)
+    tok = load_tokenizer(model)
+    lm = load_model(model)
+    summary = evaluate(lm, tok, problems, spec, cfg.prompt, AutoVerifier(), batch_size=batch_size,
+                       out_dir=out, label=label or Path(model).name)
+    typer.echo(summary_markdown([summary]))
+
+
+@app.command()
+@user_errors
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run directories to compare."),
+    out: Path = typer.Option(Path("runs/report"), "--out", "-o", help="Folder for report.md/.html and plots."),
+    title: str = typer.Option("trajdistill report", help="Page title."),
+):
+    """Compare runs: config differences, held-out Avg@k / Pass@k table, training curves."""
+    from trajdistill.report import build_report
+
+    path = build_report(runs, out, title)
+    typer.echo(path.read_text())
+    typer.echo(f"written: {path} and {path.with_suffix('.html')}", err=True)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m trajdistill`
+    app(prog_name="trajdistill")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

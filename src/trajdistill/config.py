@@ -1,0 +1,281 @@
+"""One typed configuration tree for every command; a preset in `configs/` is a YAML file of it.
+
+Every option is documented where it is declared, with its default and, where it comes from a
+paper, the source. Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trajdistill import UserError
+from trajdistill.io import atomic_write_text
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Section):
+    name: str = "smollm2-135m-instruct"
+    """Builtin name, local model directory or Hugging Face id."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """`auto`: bfloat16 on CUDA, float32 on CPU."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda`, `cuda:1`, ... (under accelerate the process's device wins)."""
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    """e.g. `sdpa` or `flash_attention_2`; None lets transformers choose."""
+
+
+class LoraSpec(Section):
+    enabled: bool = True
+    """LoRA via peft; False trains every weight (OPSD then keeps a frozen copy as teacher)."""
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+
+
+class PromptSpec(Section):
+    instruction: str = "Please reason step by step, and put your final answer within \\boxed{}."
+    """Appended to every problem in the student prompt."""
+    system: str | None = None
+    privileged: str = (
+        "{problem}\n\nHere is a reference solution:\n{reference}\n\n"
+        "After understanding the reference solution, please try to solve this problem using your "
+        "own approach below. {instruction}"
+    )
+    """OPSD teacher context; placeholders {problem}, {reference}, {instruction}."""
+
+
+class DataSpec(Section):
+    train: str = "builtin:arith-mix"
+    """Problem source: `builtin:NAME`, a .jsonl/.parquet file or a saved `datasets` directory."""
+    eval: str | None = None
+    """Held-out source; None takes the held-out split of `train`."""
+    held_out: float | int = 0.2
+    """Held-out share (fraction) or count of `train`, split by a stable hash of the problem id."""
+    max_train: int | None = None
+    max_eval: int | None = 64
+    fields: dict[str, str] = Field(default_factory=dict)
+    """Field mapping for files, e.g. {prompt: question, answer: final, reference: solution}."""
+    split_seed: int = 0
+
+
+class SamplingSpec(Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    n: int = Field(4, ge=1)
+    """Rollouts per problem."""
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(20, ge=0)
+    """0 disables top-k."""
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    """Sequences per generate call (HF backend)."""
+    max_prompt_tokens: int = Field(1024, ge=8)
+    """Longest prompt (student or privileged teacher) allowed; preflight rejects longer ones."""
+
+
+class LossSpec(Section):
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "sampled_token"] = "forward_kl"
+    beta: float = Field(0.5, ge=0.0, le=1.0)
+    """Generalized JSD interpolation (GKD convention): 0 = forward KL, 1 = reverse KL."""
+    temperature: float = Field(1.0, gt=0.0)
+    """KL temperature tau: both distributions are softmax(logits / tau)."""
+    vocab_clip: float | None = None
+    """Per-vocab clip c: D_t = sum_v clamp(d_v, 0, c) (OPSD recipe: 0.05)."""
+    token_clip: float | None = None
+    """Per-token clip: D_t = min(D_t, c) (TRD's Forward KL w/ Clip: 0.1)."""
+    top_k: int | None = None
+    """Restrict to the teacher's top-k ids (TRD's Reverse KL w/ Top-K: 32)."""
+    tail_bucket: bool = False
+    aggregation: Literal["token", "sequence"] = "token"
+    """token: mean over every response token of the optimisation batch; sequence: per-rollout mean."""
+    chunk_size: int = Field(512, ge=1)
+
+
+class OptimSpec(Section):
+    steps: int = Field(20, ge=1)
+    problems_per_step: int = Field(8, ge=1)
+    """Problems per optimisation step (times sampling.n rollouts), across all processes."""
+    micro_batch_size: int = Field(16, ge=1)
+    """Sequences per forward/backward; smaller ones accumulate gradients."""
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = 1.0
+    epochs: float | None = None
+    """Offline methods: epochs over the data set (overrides `steps` when set)."""
+
+
+class EvalSpec(Section):
+    k: list[int] = Field(default_factory=lambda: [1, 4])
+    """Pass@k values reported; n = max(k) samples per problem."""
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    greedy: bool = True
+    """Also report greedy accuracy (one deterministic sample per problem)."""
+    max_new_tokens: int = Field(256, ge=1)
+    every: int = Field(0, ge=0)
+    """Held-out evaluation every N steps during training (0: only before and after)."""
+    before: bool = True
+    seed: int = 1234
+
+
+class CheckpointSpec(Section):
+    every: int = Field(0, ge=0)
+    """Save every N steps (0: only at the end)."""
+    keep_last: int = Field(2, ge=1)
+
+
+class TRDSpec(Section):
+    mode: Literal["offline", "online"] = "offline"
+    fallback: Literal["raw", "drop"] = "raw"
+    """What to do with an unusable refinement: train on the raw rollout y_o, or drop it."""
+    dataset: str | None = None
+    """Restart from a saved stage-1/2 dataset instead of sampling."""
+
+
+class RenioSpec(Section):
+    ratio_cap: float = 2.0
+    threshold: float = 1.0
+    tau: float = 1.0
+    weight_cap: float = 10.0
+    normalize: Literal["batch", "micro"] = "batch"
+
+
+class TopdSpec(Section):
+    filter: bool = True
+    quantile: float = 0.2
+    window: int = 8
+    rho: float = 1.0
+    guidance: bool = False
+    max_branches: int = 2
+    horizon: int = 16
+    guidance_weight: float = 1.0
+
+
+class OfflineSpec(Section):
+    """SFT / REDI / DPO / SimPO on fixed traces."""
+
+    dataset: str | None = None
+    alpha: float = 0.8
+    beta: float = 0.1
+    gamma: float = 1.0
+    reference: str | None = None
+    max_prompt_tokens: int = 512
+    max_response_tokens: int = 512
+
+
+class RunConfig(Section):
+    method: str = "opsd"
+    """opd | opsd | trd | renio | topd | sft | redi | dpo | simpo."""
+    setting: Literal["opd", "opsd"] = "opsd"
+    """Teacher kind for methods that work in both settings (TRD, ReNIO, TOPD)."""
+    seed: int = 0
+    output_dir: str = "runs/run"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    teacher: ModelSpec | None = None
+    """OPD teacher; None in OPSD (the student's base with the adapter off is the teacher)."""
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    off_policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """GKD-style share of rollouts replaced by the data set's reference solution (0: on-policy)."""
+    outcome_filter: Literal["all", "incorrect", "correct", "fail_to_pass"] = "all"
+    trd: TRDSpec = Field(default_factory=TRDSpec)
+    renio: RenioSpec = Field(default_factory=RenioSpec)
+    topd: TopdSpec = Field(default_factory=TopdSpec)
+    offline: OfflineSpec = Field(default_factory=OfflineSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _setting_follows_method(cls, data: Any) -> Any:
+        # opd / opsd name their setting; the other on-policy methods take it from `setting`.
+        if isinstance(data, dict) and data.get("method") in ("opd", "opsd"):
+            data = {**data, "setting": data["method"]}
+        return data
+
+    @model_validator(mode="after")
+    def _teacher_matches_setting(self) -> "RunConfig":
+        if self.setting == "opd" and self.method in ("opd", "trd", "renio", "topd") and self.teacher is None:
+            raise ValueError(f"method {self.method} in the opd setting needs a `teacher` model")
+        return self
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: field '{where}': {first['msg']}{more}"
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply one `a.b.c=value` override to a nested dict."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml_tree(path: Path, _seen: tuple = ()) -> dict[str, Any]:
+    """Read one preset; a top-level `base: other.yaml` (relative to the file) is merged under it."""
+    if not path.is_file():
+        raise UserError(f"config file {path} not found")
+    if path.resolve() in _seen:
+        raise UserError(f"{path}: `base` chain loops back on itself")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{line} invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: a config must be a mapping of sections")
+    base = tree.pop("base", None)
+    if base is not None:
+        tree = _deep_merge(read_yaml_tree(path.parent / str(base), _seen + (path.resolve(),)), tree)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML preset (or the defaults) and apply `key.sub=value` overrides."""
+    tree: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    if path is not None:
+        tree = read_yaml_tree(Path(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise UserError(_format_error(err, source)) from None
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,120 @@
+"""Held-out evaluation: greedy accuracy, Avg@k and unbiased Pass@k with standard errors.
+
+Every sample is written with its verdict (`samples.jsonl`), the summary to JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Callable
+
+from trajdistill.config import EvalSpec, PromptSpec
+from trajdistill.eval.metrics import pass_at_k
+from trajdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from trajdistill.records import Problem, Rollout, Verdict
+from trajdistill.rollout import SamplingParams, make_sampler, render_prompt
+
+REFLECTION_WORDS = ("wait", "actually", "alternatively", "hmm", "however", "let me check", "double-check",
+                    "verify")
+_REFLECTION_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (sample standard deviation / sqrt(n))."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def reflection_count(text: str) -> int:
+    return len(_REFLECTION_RE.findall(text))
+
+
+def _stat(values: list[float]) -> dict[str, float]:
+    mean, se = mean_se(values)
+    return {"mean": mean, "se": se}
+
+
+def evaluate(
+    model,
+    tokenizer,
+    problems: list[Problem],
+    spec: EvalSpec,
+    prompt: PromptSpec,
+    verify: Callable[[Problem, str], Verdict],
+    *,
+    backend: str = "hf",
+    batch_size: int = 32,
+    out_dir: Path | None = None,
+    label: str = "eval",
+) -> dict:
+    """Sample, verify and summarise; write `<out_dir>/<label>.{json,md}` and `<label>.samples.jsonl`."""
+    sampler = make_sampler(backend, model, tokenizer, batch_size=batch_size)
+    prompts = [render_prompt(tokenizer, p, prompt.instruction, prompt.system) for p in problems]
+    ids = [p.id for p in problems]
+    by_id = {p.id: p for p in problems}
+    n = max(spec.k)
+    rows: list[dict] = []
+    summary: dict = {"label": label, "problems": len(problems), "n": n, "k": list(spec.k),
+                     "temperature": spec.temperature}
+
+    def run(params: SamplingParams, mode: str) -> dict[str, list[Rollout]]:
+        grouped: dict[str, list[Rollout]] = {i: [] for i in ids}
+        for r in sampler.sample(prompts, params, ids):
+            r.verdict = verify(by_id[r.problem_id], r.text)
+            grouped[r.problem_id].append(r)
+            rows.append({"mode": mode, "problem_id": r.problem_id, "sample": r.meta.get("sample_index", 0),
+                         "response": r.text, "passed": r.verdict.passed, "status": r.verdict.status,
+                         "tokens": len(r.response_ids), "finished": r.finished})
+        return grouped
+
+    if spec.greedy:
+        greedy = run(SamplingParams(n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens), "greedy")
+        summary["greedy"] = _stat([float(g[0].verdict.passed) for g in greedy.values()])
+    sampled = run(SamplingParams(n=n, temperature=spec.temperature, top_p=spec.top_p,
+                                 max_new_tokens=spec.max_new_tokens, seed=spec.seed), "sampled")
+    correct = [sum(r.verdict.passed for r in g) for g in sampled.values()]
+    summary[f"avg@{n}"] = _stat([c / n for c in correct])
+    for k in spec.k:
+        summary[f"pass@{k}"] = _stat([pass_at_k(n, c, k) for c in correct])
+    all_sampled = [r for g in sampled.values() for r in g]
+    summary["response_tokens"] = _stat([float(len(r.response_ids)) for r in all_sampled])
+    summary["reflections_per_response"] = _stat([float(reflection_count(r.text)) for r in all_sampled])
+    total_tokens = sum(len(r.response_ids) for r in all_sampled) or 1
+    summary["reflections_per_1k_tokens"] = 1000.0 * sum(reflection_count(r.text) for r in all_sampled) / total_tokens
+    summary["truncated"] = sum(not r.finished for r in all_sampled) / max(1, len(all_sampled))
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        atomic_write_jsonl(out_dir / f"{label}.samples.jsonl", rows)
+        atomic_write_json(out_dir / f"{label}.json", summary)
+        atomic_write_text(out_dir / f"{label}.md", summary_markdown([summary]))
+    return summary
+
+
+def metric_columns(summary: dict) -> list[str]:
+    cols = ["greedy"] if "greedy" in summary else []
+    return cols + [f"avg@{summary['n']}"] + [f"pass@{k}" for k in summary["k"]]
+
+
+def fmt(stat: dict | None, scale: float = 100.0) -> str:
+    if not stat or stat.get("mean") is None or math.isnan(stat["mean"]):
+        return "-"
+    return f"{scale * stat['mean']:.1f} ± {scale * stat['se']:.1f}"
+
+
+def summary_markdown(summaries: list[dict]) -> str:
+    """One row per summary, accuracy columns in percent with standard errors."""
+    cols = metric_columns(summaries[0])
+    lines = ["| run | problems | " + " | ".join(cols) + " | tokens |", "|---" * (len(cols) + 3) + "|"]
+    for s in summaries:
+        cells = [fmt(s.get(c)) for c in cols]
+        lines.append(f"| {s['label']} | {s['problems']} | " + " | ".join(cells) +
+                     f" | {s['response_tokens']['mean']:.0f} |")
+    return "\n".join(lines) + "\n"

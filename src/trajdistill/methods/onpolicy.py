@@ -1,0 +1,176 @@
+"""OPD and OPSD: the student samples, the teacher scores every position, a divergence per token.
+
+    for each problem x in the step's batch:
+        y ~ p_S(. | c_S)                                  (rollout, no grad)
+        c_T = c_S (OPD)  or  x + y* + instruction (OPSD)  (teacher context)
+        D_t = divergence(p_T(. | c_T, y_<t) || p_S(. | c_S, y_<t))  for t in y
+    L = sum_{i,t} w_i u_{i,t} D_t(i) / Z      Z = response tokens (token mean) or sequences
+
+Other on-policy methods (ReNIO, TOPD, TRD) subclass this and override a station: which tokens the
+student is trained along, which context the teacher sees, or which weights multiply D_t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trajdistill.losses import chunked_divergence_from_hidden
+from trajdistill.methods.base import MethodContext, StepResult
+from trajdistill.models.backbone import final_hidden, lm_head_weight
+from trajdistill.records import Problem, Rollout
+from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
+from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
+from trajdistill.train.logprobs import token_logprobs
+
+_DIVERGENCE = {"forward_kl": "forward_kl", "reverse_kl": "reverse_kl", "jsd": "jsd"}
+
+
+@dataclass
+class Hidden:
+    student: torch.Tensor  # [N, H], with grad
+    teacher: torch.Tensor  # [N, H], no grad
+    student_head: torch.Tensor
+    teacher_head: torch.Tensor
+
+
+class OnPolicyDistillation:
+    """`method: opd` (separate teacher) and `method: opsd` (privileged self-teacher)."""
+
+    def __init__(self, ctx: MethodContext):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+
+    # -- station 1: rollouts ------------------------------------------------------------------
+    def student_prompt(self, problem: Problem) -> list[int]:
+        p = self.cfg.prompt
+        return render_prompt(self.ctx.tokenizer, problem, p.instruction, p.system)
+
+    def teacher_prompt(self, problem: Problem) -> list[int]:
+        p = self.cfg.prompt
+        if self.cfg.setting == "opsd":
+            return render_privileged_prompt(self.ctx.tokenizer, problem, p.privileged, p.instruction, p.system)
+        return self.student_prompt(problem)
+
+    def sampling_params(self, step: int) -> SamplingParams:
+        s = self.cfg.sampling
+        return SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                              max_new_tokens=s.max_new_tokens, seed=self.cfg.seed * 100_003 + step * 7919
+                              + self.ctx.rank)
+
+    def rollouts(self, problems: list[Problem], step: int) -> list[Rollout]:
+        prompts = [self.student_prompt(p) for p in problems]
+        rollouts = self.ctx.sampler.sample(prompts, self.sampling_params(step), [p.id for p in problems])
+        self._mix_off_policy(rollouts, problems, step)
+        by_id = {p.id: p for p in problems}
+        for r in rollouts:
+            r.verdict = self.ctx.verify(by_id[r.problem_id], r.text)
+        return rollouts
+
+    def _mix_off_policy(self, rollouts: list[Rollout], problems: list[Problem], step: int) -> None:
+        """GKD-style: replace a fraction of rollouts by the data set's reference solution."""
+        frac = self.cfg.off_policy_fraction
+        if frac <= 0:
+            return
+        gen = torch.Generator().manual_seed(self.cfg.seed * 31 + step)
+        by_id = {p.id: p for p in problems}
+        tok = self.ctx.tokenizer
+        for r in rollouts:
+            ref = by_id[r.problem_id].reference
+            if ref and torch.rand((), generator=gen).item() < frac:
+                r.response_ids = tok(ref, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                r.text, r.meta["off_policy"], r.logprobs = ref, True, None
+
+    def keep(self, rollout: Rollout) -> bool:
+        """Outcome filter (ReNIO's controlled experiment): all, incorrect or correct only."""
+        mode = self.cfg.outcome_filter
+        passed = bool(rollout.verdict and rollout.verdict.passed)
+        return mode == "all" or (mode == "correct") == passed
+
+    def collect(self, problems: list[Problem], step: int) -> StepResult:
+        rollouts = self.rollouts(problems, step)
+        teacher_prompts = {p.id: self.teacher_prompt(p) for p in problems}
+        seqs = [
+            TrainSequence(student_prompt=r.prompt_ids, response=r.response_ids,
+                          teacher_prompt=teacher_prompts[r.problem_id], passed=r.verdict.passed,
+                          meta={"problem_id": r.problem_id, "finished": r.finished})
+            for r in rollouts
+            if r.response_ids and self.keep(r)
+        ]
+        return StepResult(seqs, rollout_metrics(rollouts, len(seqs)), rollouts)
+
+    # -- stations 2-5: teacher scores, weights, loss --------------------------------------------
+    def hidden(self, batch: ScoredBatch) -> Hidden:
+        model, s = self.ctx.model, batch.student
+        device = self.ctx.device
+        states = final_hidden(model, s.input_ids.to(device), s.attention_mask.to(device))
+        t = batch.teacher
+        teacher_states = self.ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols)
+        return Hidden(states[s.rows.to(device), s.cols.to(device)], teacher_states,
+                      lm_head_weight(model), self.ctx.teacher.head_weight())
+
+    def token_weights(self, batch: ScoredBatch, hidden: Hidden, totals: dict) -> tuple[torch.Tensor, float]:
+        """Per-token weights u and normaliser Z: token mean or sequence mean, times sample weights."""
+        device = hidden.student.device
+        w = batch.sample_weights.to(device)[batch.seq_index.to(device)]
+        if self.cfg.loss.aggregation == "sequence":
+            w = w / batch.lengths.to(device)[batch.seq_index.to(device)].float()
+            return w, float(totals["sequences"])
+        return w, float(totals["tokens"])
+
+    def divergence(self, hidden: Hidden, targets, weights, normalizer) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.cfg.loss
+        if spec.divergence == "sampled_token":
+            return sampled_token_objective(hidden, targets, weights, normalizer, spec.temperature, spec.chunk_size)
+        return chunked_divergence_from_hidden(
+            hidden.student, hidden.student_head,
+            teacher_hidden=hidden.teacher, teacher_head_weight=hidden.teacher_head,
+            divergence=_DIVERGENCE[spec.divergence], beta=spec.beta, temperature=spec.temperature,
+            vocab_clip=spec.vocab_clip, token_clip=spec.token_clip, top_k=spec.top_k,
+            tail_bucket=spec.tail_bucket, token_weights=weights, normalizer=normalizer,
+            chunk_size=spec.chunk_size,
+        )
+
+    def loss(self, seqs: list[TrainSequence], totals: dict) -> tuple[torch.Tensor, dict]:
+        batch = collate(seqs, self.ctx.pad_id)
+        hidden = self.hidden(batch)
+        weights, normalizer = self.token_weights(batch, hidden, totals)
+        loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
+        return loss, divergence_metrics(per_token.detach().cpu(), batch)
+
+    @staticmethod
+    def counts(seqs: list[TrainSequence]) -> dict[str, float]:
+        return {"tokens": float(sum(len(s.response) for s in seqs)), "sequences": float(len(seqs))}
+
+
+def sampled_token_objective(hidden: Hidden, targets, weights, normalizer, temperature, chunk_size):
+    """`A_t = sg(log p_T(y_t) - log p_S(y_t))`, loss `-A_t log p_S(y_t)` (on-policy distillation)."""
+    student = token_logprobs(hidden.student, hidden.student_head, targets, temperature=temperature,
+                             chunk_size=chunk_size)
+    with torch.no_grad():
+        teacher = token_logprobs(hidden.teacher, hidden.teacher_head, targets, temperature=temperature,
+                                 chunk_size=chunk_size)
+    advantage = (teacher - student).detach()
+    loss = -(weights * advantage * student).sum() / normalizer
+    return loss, -advantage  # per token: the sampled-token estimate of KL(p_S || p_T)
+
+
+def rollout_metrics(rollouts: list[Rollout], kept: int) -> dict[str, tuple[float, float]]:
+    """Sums and counts, so processes can add them up before dividing."""
+    n = float(len(rollouts))
+    return {
+        "rollout/pass_rate": (sum(bool(r.verdict and r.verdict.passed) for r in rollouts), n),
+        "rollout/response_len": (sum(len(r.response_ids) for r in rollouts), n),
+        "rollout/truncated": (sum(not r.finished for r in rollouts), n),
+        "rollout/kept": (float(kept), n),
+    }
+
+
+def divergence_metrics(per_token: torch.Tensor, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
+    """Mean per-token divergence, overall and split by the rollout's verifier outcome."""
+    out = {"kl/mean": (float(per_token.sum()), float(per_token.numel()))}
+    passed = torch.tensor([bool(p) for p in batch.passed])[batch.seq_index]
+    for name, mask in (("kl/correct", passed), ("kl/incorrect", ~passed)):
+        out[name] = (float(per_token[mask].sum()), float(mask.sum()))
+    return out

@@ -1,0 +1,132 @@
+"""Hugging Face `generate` backend: batched, left-padded, KV-cached, with sampler log-probs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from rich.progress import Progress
+
+from trajdistill.records import Rollout
+from trajdistill.rollout.sampler import SamplingParams
+
+
+class _LogprobRecorder:
+    """Logits processor that records log p(chosen token) under softmax(logits / T).
+
+    It runs first in the processor list, so it sees the raw logits, before top-k / top-p.
+    The token chosen at step t is only known at step t + 1 (or after the loop), so it keeps one
+    [B, V] log-softmax at a time instead of all of them.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.previous: torch.Tensor | None = None
+        self.chosen: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._collect(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _collect(self, tokens: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.chosen.append(self.previous.gather(1, tokens[:, None]).squeeze(1))
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        self._collect(last_tokens)
+        self.previous = None
+        return torch.stack(self.chosen, dim=1) if self.chosen else torch.zeros(len(last_tokens), 0)
+
+
+class HFSampler:
+    """Sampler over any `transformers` causal LM (or peft model wrapping one)."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, progress: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def sample(
+        self, prompts: Sequence[list[int]], params: SamplingParams, problem_ids: Sequence[str] | None = None
+    ) -> list[Rollout]:
+        ids = list(problem_ids) if problem_ids is not None else [str(i) for i in range(len(prompts))]
+        jobs = [(p, j) for p in range(len(prompts)) for j in range(params.n)]
+        # Similar lengths share a batch, so left padding stays small; order is restored at the end.
+        order = sorted(range(len(jobs)), key=lambda i: len(prompts[jobs[i][0]]))
+        results: list[Rollout | None] = [None] * len(jobs)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with Progress(transient=True, disable=not self.progress) as bar:
+                task = bar.add_task("sampling", total=len(jobs))
+                for start in range(0, len(order), self.batch_size):
+                    chunk = order[start : start + self.batch_size]
+                    batch_prompts = [prompts[jobs[i][0]] for i in chunk]
+                    for i, rollout in zip(chunk, self._generate(batch_prompts, params)):
+                        rollout.problem_id = ids[jobs[i][0]]
+                        rollout.meta["sample_index"] = jobs[i][1]
+                        results[i] = rollout
+                    bar.advance(task, len(chunk))
+        finally:
+            self.model.train(was_training)
+        return [r for r in results if r is not None]
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention[row, width - len(prompt) :] = 1
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not params.greedy,
+            temperature=params.temperature if not params.greedy else None,
+            top_p=params.top_p if not params.greedy else None,
+            top_k=(params.top_k or None) if not params.greedy else None,
+            eos_token_id=tok.eos_token_id if params.stop_at_eos else None,
+            pad_token_id=pad_id,
+            use_cache=True,
+        )
+        recorder = _LogprobRecorder(params.temperature)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([recorder]),
+        )
+        generated = out[:, width:].cpu()
+        logprobs = recorder.finish(out[:, -1]).cpu() if generated.shape[1] else None
+        return [self._to_rollout(prompt, generated[row], logprobs, row, params) for row, prompt in enumerate(prompts)]
+
+    def _to_rollout(self, prompt, tokens, logprobs, row, params) -> Rollout:
+        eos = self.tokenizer.eos_token_id
+        length = len(tokens)
+        finished = False
+        if params.stop_at_eos and eos is not None:
+            hits = (tokens == eos).nonzero()
+            if len(hits):
+                length = int(hits[0]) + 1  # keep EOS: the student must learn to stop
+                finished = True
+        response = tokens[:length].tolist()
+        return Rollout(
+            problem_id="",
+            prompt_ids=list(prompt),
+            response_ids=response,
+            text=self.tokenizer.decode(response, skip_special_tokens=True),
+            logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
+            finished=finished,
+        )

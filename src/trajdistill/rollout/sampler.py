@@ -1,0 +1,53 @@
+"""The sampler interface. Callers depend on `Sampler.sample` only, so a vLLM engine on GPUs and the
+Hugging Face `generate` backend here are interchangeable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from trajdistill import UserError
+from trajdistill.records import Rollout
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    """Samples per prompt."""
+    temperature: float = 1.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k filtering."""
+    max_new_tokens: int = 256
+    seed: int | None = None
+    stop_at_eos: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class Sampler(Protocol):
+    def sample(
+        self, prompts: Sequence[list[int]], params: SamplingParams, problem_ids: Sequence[str] | None = None
+    ) -> list[Rollout]:
+        """Return `params.n` rollouts per prompt, grouped by prompt in input order.
+
+        Each rollout carries the response token ids (ending with EOS when the model stopped), the
+        decoded text, whether it finished before `max_new_tokens`, and the log-probs of its tokens
+        under the sampling temperature (full distribution, before top-k/top-p truncation).
+        """
+        ...
+
+
+def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True) -> Sampler:
+    if backend == "hf":
+        from trajdistill.rollout.hf import HFSampler
+
+        return HFSampler(model, tokenizer, batch_size=batch_size, progress=progress)
+    if backend == "vllm":
+        from trajdistill.rollout.vllm import VLLMSampler
+
+        return VLLMSampler(model, tokenizer)
+    raise UserError(f"unknown sampling backend '{backend}' (choose hf or vllm)")

@@ -1,0 +1,225 @@
+"""The training loop every method shares. It knows nothing about any particular method.
+
+    for step in steps:
+        items   = this process's share of the step's data   (deterministic in the step)
+        units   = method.collect(items, step)                (rollouts, verdicts, contexts)
+        totals  = sum over processes of method.counts(units) (global normaliser)
+        for micro-batch in units: backward(method.loss(micro, totals) * world)
+        clip, AdamW step, schedule step; log; evaluate; checkpoint
+
+Each process's loss is divided by the *global* token (or sequence) count and multiplied by the
+number of processes, because DDP averages gradients: the update is then exactly the gradient of
+the full optimisation batch, however it is split into processes and micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from trajdistill.config import RunConfig, save_config
+from trajdistill.io import append_jsonl, read_jsonl, atomic_write_jsonl
+from trajdistill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trajdistill.train.optim import build_optimizer, trainable_parameters
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class DataOrder:
+    """Which items each step sees: epoch-wise permutations seeded by the run seed.
+
+    Step s takes items [s * B, (s + 1) * B) of the concatenated permutations, so the position in
+    the data is a pure function of the step and a resumed run sees exactly the same batches.
+    """
+
+    size: int
+    batch: int
+    seed: int
+
+    def indices(self, step: int) -> list[int]:
+        out = []
+        for flat in range(step * self.batch, (step + 1) * self.batch):
+            epoch, offset = divmod(flat, self.size)
+            perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7 + epoch))
+            out.append(int(perm[offset]))
+        return out
+
+
+def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def merge_metric_sums(parts: list[dict[str, tuple[float, float]]]) -> dict[str, float]:
+    """Combine (sum, count) pairs from every process and micro-batch into means."""
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, parts)
+        parts = [p for proc in gathered for p in proc]
+    sums: dict[str, list[float]] = {}
+    for part in parts:
+        for name, (s, c) in part.items():
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0] += s
+            acc[1] += c
+    return {name: (s / c if c else float("nan")) for name, (s, c) in sums.items()}
+
+
+def zero_loss(model) -> torch.Tensor:
+    """A loss of exactly zero that still runs the model's forward, so DDP ranks stay in step."""
+    dummy = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+    return model(input_ids=dummy, attention_mask=torch.ones_like(dummy), logits_to_keep=1).logits.sum() * 0.0
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, method, model, train_items: list, accelerator=None,
+                 evaluate=None, tokenizer=None, log_console=True):
+        self.cfg, self.run_dir, self.method, self.model = cfg, Path(run_dir), method, model
+        self.items = train_items
+        self.accelerator = accelerator
+        self.evaluate = evaluate  # callable(step) -> summary or None
+        self.tokenizer = tokenizer
+        self.rank = accelerator.process_index if accelerator else 0
+        self.world = accelerator.num_processes if accelerator else 1
+        self.device = next(model.parameters()).device
+        self.total_steps = self._total_steps()
+        self.optimizer, self.scheduler = build_optimizer(model, cfg.optim, self.total_steps)
+        if accelerator is not None:
+            self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+            method.ctx.model = self.model
+        self.order = DataOrder(len(train_items), cfg.optim.problems_per_step, cfg.seed)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.log_console = log_console and self.rank == 0
+
+    def _total_steps(self) -> int:
+        o = self.cfg.optim
+        if o.epochs is not None:
+            return max(1, math.ceil(o.epochs * len(self.items) / o.problems_per_step))
+        return o.steps
+
+    # -- resume -----------------------------------------------------------------------------
+    def resume(self) -> int:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return 0
+        state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+        step = int(state["step"])
+        if self.rank == 0 and self.metrics_path.exists():  # drop lines logged after the checkpoint
+            atomic_write_jsonl(self.metrics_path, [r for r in read_jsonl(self.metrics_path)
+                                                   if r.get("step", 0) <= step])
+        return step
+
+    # -- one step ---------------------------------------------------------------------------
+    def step_items(self, step: int) -> list:
+        chosen = [self.items[i] for i in self.order.indices(step)]
+        return chosen[self.rank :: self.world]
+
+    def train_step(self, step: int) -> dict[str, float]:
+        started = time.perf_counter()
+        seed_everything(self.cfg.seed * 1_000_003 + step * 1009 + self.rank)
+        result = self.method.collect(self.step_items(step), step)
+        collected = time.perf_counter()
+        totals = all_reduce_sums(self.method.counts(result.units), self.device)
+        metric_parts = [result.metrics]
+        self.model.train()
+        units = result.units
+        size = self.cfg.optim.micro_batch_size
+        micro = [units[i : i + size] for i in range(0, len(units), size)] or [[]]
+        loss_total = 0.0
+        for i, mb in enumerate(micro):
+            sync = i == len(micro) - 1
+            ctx = self.accelerator.no_sync(self.model) if (self.accelerator and not sync) else contextlib.nullcontext()
+            with ctx:
+                if mb and totals.get("tokens", 1) > 0:
+                    loss, parts = self.method.loss(mb, totals)
+                    metric_parts.append(parts)
+                else:
+                    loss = zero_loss(self.model)
+                scaled = loss * self.world
+                if self.accelerator:
+                    self.accelerator.backward(scaled)
+                else:
+                    scaled.backward()
+            loss_total += float(loss.detach())
+        grad_norm = self._clip()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = all_reduce_sums({"loss": loss_total}, self.device)["loss"]
+        metrics = merge_metric_sums(metric_parts)
+        elapsed = time.perf_counter() - started
+        tokens = totals.get("tokens", 0.0)
+        metrics.update({"step": step + 1, "loss": loss_sum, "grad_norm": grad_norm,
+                        "lr": self.scheduler.get_last_lr()[0], "tokens": tokens,
+                        "tokens_per_s": tokens / max(elapsed, 1e-9),
+                        "collect_s": collected - started, "update_s": time.perf_counter() - collected})
+        return metrics
+
+    def _clip(self) -> float:
+        params = trainable_parameters(self.model)
+        max_norm = self.cfg.optim.max_grad_norm
+        if max_norm is None:
+            grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+            return float(torch.norm(torch.stack(grads))) if grads else 0.0
+        if self.accelerator:
+            return float(self.accelerator.clip_grad_norm_(params, max_norm))
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, resume: bool = False, stop_after: int | None = None) -> list[dict]:
+        start = self.resume() if resume else 0
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            if start == 0 and self.metrics_path.exists():
+                self.metrics_path.unlink()
+        history = []
+        end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
+        columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*columns, disable=not self.log_console) as bar:
+            task = bar.add_task("train", total=self.total_steps, completed=start, info="")
+            for step in range(start, end):
+                metrics = self.train_step(step)
+                if self.rank == 0:
+                    append_jsonl(self.metrics_path, metrics)
+                history.append(metrics)
+                bar.update(task, advance=1, info=f"loss {metrics['loss']:.4f} kl {metrics.get('kl/mean', float('nan')):.4f} "
+                                                 f"pass {metrics.get('rollout/pass_rate', float('nan')):.2f}")
+                done = step + 1
+                every = self.cfg.eval.every
+                if self.evaluate and every and done % every == 0 and done < self.total_steps:
+                    self.evaluate(done)
+                ck = self.cfg.checkpoint.every
+                if (ck and done % ck == 0) or done == self.total_steps:
+                    self._checkpoint(done)
+        return history
+
+    def _checkpoint(self, step: int) -> None:
+        if self.accelerator:
+            self.accelerator.wait_for_everyone()
+        if self.rank == 0:
+            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler,
+                            {"data_position": step * self.cfg.optim.problems_per_step},
+                            keep_last=self.cfg.checkpoint.keep_last)
+        if self.accelerator:
+            self.accelerator.wait_for_everyone()

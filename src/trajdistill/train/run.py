@@ -1,0 +1,162 @@
+"""`trajdistill train`: build every station from the config, preflight, train, evaluate, export."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from trajdistill.config import RunConfig
+from trajdistill.data import load_problems, split_problems
+from trajdistill.eval.runner import evaluate, summary_markdown
+from trajdistill.io import atomic_write_json, atomic_write_text
+from trajdistill.methods import ON_POLICY, method_class
+from trajdistill.methods.base import MethodContext
+from trajdistill.models import load_model, load_tokenizer, resolve_device
+from trajdistill.models.lora import apply_lora
+from trajdistill.records import Problem
+from trajdistill.rollout import make_sampler, render_prompt
+from trajdistill.teacher import AdapterOffTeacher, FrozenCopyTeacher, SeparateTeacher
+from trajdistill.train import preflight
+from trajdistill.train.checkpoint import export_model
+from trajdistill.train.loop import Trainer
+from trajdistill.verify import AutoVerifier
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Problems:
+    train: list[Problem]
+    eval: list[Problem]
+
+
+def load_run_problems(cfg: RunConfig) -> Problems:
+    d = cfg.data
+    problems = load_problems(d.train, fields=d.fields or None)
+    if d.eval:
+        train, held = problems, load_problems(d.eval, fields=d.fields or None)
+    else:
+        train, held = split_problems(problems, held_out=d.held_out, seed=d.split_seed)
+    if d.max_train:
+        train = train[: d.max_train]
+    if d.max_eval:
+        held = held[: d.max_eval]
+    return Problems(train, held)
+
+
+def make_accelerator():
+    """accelerate only when launched with several processes (torchrun / accelerate launch)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def build_teacher(cfg: RunConfig, student, tokenizer, device):
+    autocast = device.type == "cuda"
+    if cfg.method == "opd" or (cfg.method in ON_POLICY and cfg.setting == "opd" and cfg.method != "opsd"):
+        if cfg.teacher is None:
+            raise_user(f"method {cfg.method} in the opd setting needs a `teacher` model")
+        t = cfg.teacher
+        teacher_tok = load_tokenizer(t.name, trust_remote_code=t.trust_remote_code)
+        teacher = load_model(t.name, dtype=t.dtype, device=str(device), trust_remote_code=t.trust_remote_code)
+        preflight.check_tokenizer(teacher_tok, "teacher")
+        preflight.check_same_vocabulary(tokenizer, teacher_tok, student, teacher)
+        return SeparateTeacher(teacher, autocast_bf16=autocast)
+    if cfg.lora.enabled:
+        return AdapterOffTeacher(student, autocast_bf16=autocast)
+    return FrozenCopyTeacher(student, autocast_bf16=autocast)
+
+
+def raise_user(message: str):
+    from trajdistill import UserError
+
+    raise UserError(message)
+
+
+def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
+    """Everything a method needs. `model`/`tokenizer` may be injected (tests use tiny models)."""
+    accelerator = make_accelerator()
+    device = accelerator.device if accelerator else resolve_device(cfg.model.device)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    if model is None:
+        model = load_model(cfg.model.name, dtype=cfg.model.dtype, device=str(device),
+                           trust_remote_code=cfg.model.trust_remote_code,
+                           attn_implementation=cfg.model.attn_implementation)
+    model = model.to(device)
+    preflight.check_tokenizer(tokenizer, "student")
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    ctx = MethodContext(cfg=cfg, model=model, tokenizer=tokenizer, device=device, run_dir=run_dir,
+                        rank=accelerator.process_index if accelerator else 0,
+                        world=accelerator.num_processes if accelerator else 1)
+    ctx.verify = AutoVerifier()
+    if cfg.method in ON_POLICY:
+        preflight.check_temperatures(cfg)
+        ctx.sampler = make_sampler(cfg.sampling.backend, model, tokenizer, batch_size=cfg.sampling.batch_size,
+                                   progress=False)
+        ctx.teacher = build_teacher(cfg, model, tokenizer, device)
+    method = method_class(cfg.method)(ctx)
+    return ctx, method, accelerator
+
+
+def run_preflight_prompts(cfg: RunConfig, method, problems: list[Problem]) -> None:
+    limit = cfg.sampling.max_prompt_tokens
+    if hasattr(method, "student_prompt"):
+        preflight.check_prompt_lengths(((p.id, method.student_prompt(p)) for p in problems), limit, "student prompt")
+    if hasattr(method, "teacher_prompt"):
+        preflight.check_prompt_lengths(((p.id, method.teacher_prompt(p)) for p in problems), limit,
+                                       "teacher (privileged) prompt")
+
+
+def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
+                  stop_after: int | None = None) -> dict:
+    """Run a whole training job; returns the before/after evaluation summaries."""
+    run_dir = Path(cfg.output_dir)
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    ctx, method, accelerator = build(cfg, run_dir, model=model, tokenizer=tokenizer)
+    problems = load_run_problems(cfg)
+    items = method.train_items(problems.train) if hasattr(method, "train_items") else problems.train
+    run_preflight_prompts(cfg, method, problems.train)
+    is_main = ctx.rank == 0
+    eval_dir = run_dir / "eval"
+
+    def evaluate_at(label: str) -> dict | None:
+        if not is_main or not problems.eval:
+            return None
+        model = accelerator.unwrap_model(ctx.model) if accelerator else ctx.model
+        return evaluate(model, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verify,
+                        backend=cfg.sampling.backend, batch_size=cfg.sampling.batch_size,
+                        out_dir=eval_dir, label=label)
+
+    summaries: dict = {}
+    if cfg.eval.before and not (resume and (eval_dir / "before.json").exists()):
+        summaries["before"] = evaluate_at("before")
+    trainer = Trainer(cfg, run_dir, method, ctx.model, items, accelerator=accelerator,
+                      evaluate=lambda step: evaluate_at(f"step-{step}"), tokenizer=ctx.tokenizer)
+    trainer.run(resume=resume, stop_after=stop_after)
+    if stop_after is not None and stop_after < trainer.total_steps:
+        return summaries
+    summaries["after"] = evaluate_at("after")
+    if is_main:
+        model = accelerator.unwrap_model(ctx.model) if accelerator else ctx.model
+        export_model(model, ctx.tokenizer, run_dir / "final")
+        elapsed = time.perf_counter() - started
+        atomic_write_json(run_dir / "timing.json", {"seconds": elapsed})
+        finished = [s for s in (summaries.get("before"), summaries.get("after")) if s]
+        if finished:
+            table = summary_markdown(finished)
+            atomic_write_text(run_dir / "eval" / "before_after.md", table)
+            console.print(f"\n[bold]{cfg.method}[/] on {cfg.data.train} ({len(problems.eval)} held-out problems), "
+                          f"{elapsed / 60:.1f} min\n{table}")
+    if accelerator:
+        accelerator.wait_for_everyone()
+    return summaries
