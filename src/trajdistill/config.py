@@ -126,6 +126,8 @@ class EvalSpec(Section):
     every: int = Field(0, ge=0)
     """Held-out evaluation every N steps during training (0: only before and after)."""
     before: bool = True
+    """Evaluate the starting model before training (the 'base' row of comparisons)."""
+    after: bool = True
     seed: int = 1234
 
 
@@ -163,15 +165,31 @@ class TopdSpec(Section):
 
 
 class OfflineSpec(Section):
-    """SFT / REDI / DPO / SimPO on fixed traces."""
+    """SFT / REDI / DPO / SimPO on fixed traces (seeds 001, 004), and `trajdistill traces`.
+
+    Data sets follow Hugging Face conventions: `prompt`/`completion` rows for `sft`,
+    `prompt`/`chosen`/`rejected` rows for `redi`, `dpo` and `simpo` (strings: the prompt is the
+    user turn, rendered with the model's chat template; or conversational message lists).
+    """
 
     dataset: str | None = None
-    alpha: float = 0.8
-    beta: float = 0.1
+    """Training data: a .jsonl / .parquet file or a saved `datasets` directory (required)."""
+    alpha: float = Field(0.8, ge=0.0)
+    """REDI weight of the rejected term: 0 = SFT, 1 = symmetric (collapses); authors: 0.8."""
+    beta: float = Field(0.1, gt=0.0)
+    """DPO beta (REDI paper's baseline: 0.001) or SimPO beta (2.0), depending on `method`."""
     gamma: float = 1.0
+    """SimPO target margin gamma (REDI paper's baseline: 1.0)."""
     reference: str | None = None
-    max_prompt_tokens: int = 512
-    max_response_tokens: int = 512
+    """DPO reference model; None: the starting model (adapter disabled under LoRA), i.e. the
+    stage-1 SFT model when `model.name` is its exported directory. Scored once, before training."""
+    max_prompt_tokens: int = Field(512, ge=1)
+    """Rows whose templated prompt is longer are dropped (counted in the log)."""
+    max_response_tokens: int = Field(512, ge=1)
+    """Rows with a longer completion (chosen or rejected) are dropped."""
+    context: Literal["plain", "privileged"] = "privileged"
+    """`trajdistill traces`: teacher sees the plain problem, or problem + reference solution
+    (`prompt.privileged`); the student is always trained on the plain prompt."""
 
 
 class RunConfig(Section):

@@ -13,6 +13,10 @@ from trajdistill import UserError
 REGISTRY: dict[str, tuple[str, str]] = {
     "opd": ("trajdistill.methods.onpolicy", "OnPolicyDistillation"),
     "opsd": ("trajdistill.methods.onpolicy", "OnPolicyDistillation"),
+    "sft": ("trajdistill.methods.offline", "SFT"),
+    "redi": ("trajdistill.methods.offline", "REDI"),
+    "dpo": ("trajdistill.methods.offline", "DPO"),
+    "simpo": ("trajdistill.methods.offline", "SimPO"),
 }
 
 ON_POLICY = {"opd", "opsd", "trd", "renio", "topd"}

@@ -61,6 +61,8 @@ class OnPolicyDistillation:
 
     def rollouts(self, problems: list[Problem], step: int) -> list[Rollout]:
         prompts = [self.student_prompt(p) for p in problems]
+        if hasattr(self.ctx.sampler, "sync_weights"):  # engines holding their own copy (vLLM)
+            self.ctx.sampler.sync_weights(self.ctx.model)
         rollouts = self.ctx.sampler.sample(prompts, self.sampling_params(step), [p.id for p in problems])
         self._mix_off_policy(rollouts, problems, step)
         by_id = {p.id: p for p in problems}

@@ -10,9 +10,10 @@ import torch
 
 def base_causal_lm(model):
     """The underlying transformers model (peft keeps LoRA layers injected in it)."""
+    model = getattr(model, "module", model)  # DDP / FSDP wrappers
     if hasattr(model, "get_base_model"):
         return model.get_base_model()
-    return getattr(model, "module", model)  # DDP wrapper
+    return model
 
 
 def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,12 @@ import torch
 
 
 def tiny_model(tokenizer, *, hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0,
-               tie_word_embeddings: bool = True):
-    """A small Llama-architecture model whose vocabulary matches `tokenizer`."""
+               tie_word_embeddings: bool = True, initializer_range: float = 0.2):
+    """A small Llama-architecture model whose vocabulary matches `tokenizer`.
+
+    The initialisation is wider than a real model's (0.2 vs 0.02) so that its next-token
+    distributions depend visibly on the context, which gives tests non-trivial divergences.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -22,6 +26,7 @@ def tiny_model(tokenizer, *, hidden_size: int = 64, layers: int = 2, heads: int 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=tie_word_embeddings,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()

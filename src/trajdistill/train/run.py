@@ -145,7 +145,8 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
     trainer.run(resume=resume, stop_after=stop_after)
     if stop_after is not None and stop_after < trainer.total_steps:
         return summaries
-    summaries["after"] = evaluate_at("after")
+    if cfg.eval.after:
+        summaries["after"] = evaluate_at("after")
     if is_main:
         model = accelerator.unwrap_model(ctx.model) if accelerator else ctx.model
         export_model(model, ctx.tokenizer, run_dir / "final")

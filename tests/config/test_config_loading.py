@@ -1,0 +1,55 @@
+import pytest
+
+from trajdistill import UserError
+from trajdistill.config import load_config
+
+
+def test_defaults_are_valid():
+    cfg = load_config(None)
+    assert cfg.method == "opsd" and cfg.loss.divergence == "forward_kl" and cfg.loss.chunk_size == 512
+
+
+def test_unknown_field_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  divergnce: reverse_kl\n")
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "loss.divergnce" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_value_is_reported_with_its_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: {divergence: cross_entropy}\n")
+    with pytest.raises(UserError, match="loss.divergence"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: opsd\nloss: [unclosed\n")
+    with pytest.raises(UserError, match=r"line \d"):
+        load_config(path)
+
+
+def test_base_presets_merge_and_overrides_win(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim: {lr: 0.1, steps: 3}\nloss: {divergence: reverse_kl}\n")
+    (tmp_path / "top.yaml").write_text("base: base.yaml\noptim: {steps: 5}\n")
+    cfg = load_config(tmp_path / "top.yaml", ["optim.lr=0.5", "loss.top_k=32"])
+    assert cfg.optim.steps == 5 and cfg.optim.lr == 0.5
+    assert cfg.loss.divergence == "reverse_kl" and cfg.loss.top_k == 32
+
+
+def test_opd_requires_a_teacher():
+    with pytest.raises(UserError, match="teacher"):
+        load_config(None, ["method=opd"])
+
+
+def test_every_shipped_preset_validates():
+    from pathlib import Path
+
+    presets = [p for p in Path("configs").glob("*.yaml") if not p.name.startswith("_")]
+    assert len(presets) >= 10
+    for p in presets:
+        cfg = load_config(p)
+        assert cfg.method in {"opd", "opsd", "trd", "renio", "topd", "sft", "redi", "dpo", "simpo"}

@@ -1,0 +1,60 @@
+import torch
+
+from trajdistill.records import Problem
+from trajdistill.rollout import SamplingParams, make_sampler, render_privileged_prompt, render_prompt
+
+
+def _prompts(tokenizer):
+    problems = [Problem(id=f"p{i}", prompt=f"What is {i} + {i}?", reference=f"{i}+{i}={2*i}") for i in range(3)]
+    return problems, [render_prompt(tokenizer, p, "Answer in \\boxed{}.") for p in problems]
+
+
+def test_returns_n_rollouts_per_prompt_in_input_order(tiny_lm, tokenizer):
+    problems, prompts = _prompts(tokenizer)
+    sampler = make_sampler("hf", tiny_lm, tokenizer, batch_size=4, progress=False)
+    out = sampler.sample(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=0), [p.id for p in problems])
+    assert [r.problem_id for r in out] == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert [r.meta["sample_index"] for r in out] == [0, 1] * 3
+    for r in out:
+        assert r.prompt_ids == prompts[int(r.problem_id[1])]
+        assert 1 <= len(r.response_ids) <= 6
+        assert r.finished == (r.response_ids[-1] == tokenizer.eos_token_id)
+
+
+def test_logprobs_equal_a_fresh_forward_at_the_sampling_temperature(tiny_lm, tokenizer):
+    _, prompts = _prompts(tokenizer)
+    sampler = make_sampler("hf", tiny_lm, tokenizer, batch_size=3, progress=False)
+    out = sampler.sample(prompts, SamplingParams(n=1, temperature=0.7, top_k=5, max_new_tokens=5, seed=1))
+    for r in out:
+        ids = torch.tensor([r.prompt_ids + r.response_ids])
+        with torch.no_grad():
+            logits = tiny_lm(ids).logits[0, len(r.prompt_ids) - 1 : -1] / 0.7
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(r.response_ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_same_seed_same_samples_and_greedy_is_deterministic(tiny_lm, tokenizer):
+    _, prompts = _prompts(tokenizer)
+    sampler = make_sampler("hf", tiny_lm, tokenizer, batch_size=2, progress=False)
+    a = sampler.sample(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=5, seed=3))
+    b = sampler.sample(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=5, seed=3))
+    assert [r.response_ids for r in a] == [r.response_ids for r in b]
+    g1 = sampler.sample(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=5))
+    g2 = sampler.sample(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=5))
+    assert [r.response_ids for r in g1] == [r.response_ids for r in g2]
+
+
+def test_left_padding_does_not_change_a_prompts_greedy_continuation(tiny_lm, tokenizer):
+    _, prompts = _prompts(tokenizer)
+    long_prompt = prompts[0] + prompts[1]
+    sampler = make_sampler("hf", tiny_lm, tokenizer, batch_size=2, progress=False)
+    alone = sampler.sample([prompts[0]], SamplingParams(n=1, temperature=0.0, max_new_tokens=5))
+    batched = sampler.sample([prompts[0], long_prompt], SamplingParams(n=1, temperature=0.0, max_new_tokens=5))
+    assert alone[0].response_ids == batched[0].response_ids
+
+
+def test_privileged_prompt_contains_reference_and_problem(tokenizer):
+    p = Problem(id="x", prompt="What is 2 + 3?", reference="2 + 3 = 5, so \\boxed{5}.")
+    text = tokenizer.decode(render_privileged_prompt(tokenizer, p, "{problem}\nRef: {reference}\n{instruction}", "Go."))
+    assert "What is 2 + 3?" in text and "\\boxed{5}" in text and "Go." in text
+    assert text.rstrip().endswith("assistant")

@@ -1,0 +1,53 @@
+"""Run two optimisation steps on a fixed global batch; save the trained weights.
+
+Launched by tests/train/test_multiprocess_identity.py twice: as one process and under
+`torchrun --nproc_per_node 2`. The two must produce the same weights.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from trajdistill.config import load_config
+from trajdistill.methods.base import StepResult
+from trajdistill.models import load_tokenizer, tiny_model
+from trajdistill.train.batch import TrainSequence
+from trajdistill.train.checkpoint import trainable_state
+from trajdistill.train.loop import Trainer
+from trajdistill.train.run import build
+
+
+def fixed_sequences(step: int) -> list[TrainSequence]:
+    gen = torch.Generator().manual_seed(100 + step)
+    seqs = []
+    for i in range(8):  # uneven lengths: per-micro-batch normalisation would give a different update
+        prompt = torch.randint(10, 2000, (3 + i % 3,), generator=gen).tolist()
+        response = torch.randint(10, 2000, (1 + (i * 5) % 7,), generator=gen).tolist()
+        teacher = torch.randint(10, 2000, (6,), generator=gen).tolist() + prompt
+        seqs.append(TrainSequence(prompt, response, teacher_prompt=teacher, passed=i % 2 == 0))
+    return seqs
+
+
+def main(out: str, aggregation: str) -> None:
+    torch.set_num_threads(1)
+    tok = load_tokenizer("smollm2-135m-instruct")
+    cfg = load_config(None, ["method=opsd", "lora.r=4", "lora.alpha=8", "optim.problems_per_step=8",
+                             "optim.micro_batch_size=2", "optim.lr=0.01", "optim.warmup_ratio=0",
+                             "optim.schedule=constant", f"loss.aggregation={aggregation}", "loss.chunk_size=5",
+                             f"output_dir={Path(out).parent / 'run'}", "optim.steps=2"])
+    ctx, method, accelerator = build(cfg, Path(out).parent, model=tiny_model(tok, seed=0), tokenizer=tok)
+    batches = {s: fixed_sequences(s) for s in range(2)}
+    method.collect = lambda items, step: StepResult([batches[step][i] for i in items])
+    trainer = Trainer(cfg, Path(out).parent / "run", method, ctx.model, list(range(8)), accelerator=accelerator)
+    trainer.order.indices = lambda step: list(range(8))  # the same fixed global batch, in order
+    for step in range(2):
+        trainer.train_step(step)
+    if trainer.rank == 0:
+        model = accelerator.unwrap_model(trainer.model) if accelerator else trainer.model
+        save_file(trainable_state(model), out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
