@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from trajdistill.config import EvalSpec, PromptSpec
-from trajdistill.eval.metrics import pass_at_k
+from trajdistill.eval.metrics import mean_se, pass_at_k
 from trajdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from trajdistill.records import Problem, Rollout, Verdict
 from trajdistill.rollout import SamplingParams, make_sampler, render_prompt
@@ -19,18 +19,6 @@ from trajdistill.rollout import SamplingParams, make_sampler, render_prompt
 REFLECTION_WORDS = ("wait", "actually", "alternatively", "hmm", "however", "let me check", "double-check",
                     "verify")
 _REFLECTION_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE)
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and its standard error (sample standard deviation / sqrt(n))."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
 
 
 def reflection_count(text: str) -> int:

@@ -1,0 +1,320 @@
+"""Math answers: extract the final answer from a response, compare it to the gold with math-verify.
+
+Extraction order (`extract_answer`), first hit wins:
+  1. the last non-empty `\\boxed{...}` / `\\fbox{...}` (balanced braces; `\\boxed 5` also counts);
+  2. the last "the answer is X" / "final answer: X";
+  3. the last "#### X" (GSM8K style);
+  4. the last number in the last non-empty line.
+Text from a final `\\boxed{` that never closes (a response cut at max_new_tokens) is ignored by the
+fallbacks, so half an answer is not graded.
+
+Comparison (`verify_math`, `MathVerifier`) uses math-verify's `parse` and `verify` with their
+signal-based timeouts disabled: `signal.alarm` only works on the main thread, and a sampler or a
+trainer may call the verifier from anywhere. The time limit is enforced instead by running
+math-verify in a long-lived worker process (`python -m trajdistill.verify.math`), spoken to over
+a pipe; a call that overruns gets the worker killed and a fresh one started on the next call.
+Plain integers are compared in-process without the round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+from decimal import Decimal, InvalidOperation
+
+from trajdistill import UserError
+from trajdistill.records import Problem, Verdict
+
+DEFAULT_TIMEOUT = 5.0  # seconds per comparison; sympy simplification of adversarial input can hang
+_STARTUP_TIMEOUT = 120.0  # seconds for the worker to import sympy and math-verify
+_CACHE_SIZE = 50_000
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+_ANSWER_IS_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE)
+_HASHES_RE = re.compile(r"####\s*(.+)")
+_NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?")
+
+
+def _braced(text: str, start: int) -> str | None:
+    """Content of the `{...}` opening at `text[start]`, or None if the braces never balance."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i]
+    return None
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete `\\boxed{...}` / `\\fbox{...}` in order (incl. `\\boxed 5`)."""
+    found = []
+    for match in _BOX_RE.finditer(text):
+        rest = match.end()
+        while rest < len(text) and text[rest] == " ":
+            rest += 1
+        if rest < len(text) and text[rest] == "{":
+            content = _braced(text, rest)
+        elif rest > match.end():  # `\boxed 5`: the argument is the next token
+            token = re.match(r"[^\s$.,]+", text[rest:])
+            content = token.group(0) if token else None
+        else:
+            content = None
+        if content is not None:
+            found.append(content)
+    return found
+
+
+def _clean(answer: str) -> str:
+    """Strip what surrounds an answer in prose: `$...$`, bold markers, a trailing full stop."""
+    answer = answer.strip().strip("*").strip()
+    answer = re.sub(r"^\$+|\$+$", "", answer).strip()
+    return answer.rstrip(".").strip()
+
+
+def _after_phrase(text: str, pattern: re.Pattern) -> str | None:
+    """The clause after the last match of `pattern`, up to the end of its sentence or line."""
+    matches = list(pattern.finditer(text))
+    if not matches:
+        return None
+    clause = matches[-1].group(1).split("\n")[0]
+    clause = re.split(r"\.(?:\s|$)", clause)[0]  # sentence end, but keep decimals like 2.5
+    return _clean(clause) or None
+
+
+def _last_line_number(text: str) -> str | None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    numbers = _NUMBER_RE.findall(lines[-1])
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def _before_open_box(text: str) -> str:
+    """Text before a last box that never closes: a truncated answer must not leak into fallbacks."""
+    markers = list(_BOX_RE.finditer(text))
+    if markers and not boxed_contents(text[markers[-1].start():]):
+        return text[: markers[-1].start()]
+    return text
+
+
+def extract_answer(response: str) -> str | None:
+    """The final answer in `response` (see the module docstring for the order), or None."""
+    if not response or not response.strip():
+        return None
+    boxes = [b.strip() for b in boxed_contents(response) if b.strip()]
+    if boxes:
+        return boxes[-1]
+    response = _before_open_box(response)
+    for pattern in (_ANSWER_IS_RE, _HASHES_RE):
+        answer = _after_phrase(response, pattern)
+        if answer:
+            return answer
+    return _last_line_number(response)
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison
+
+_INT_RE = re.compile(r"-?\d+|-?\d{1,3}(?:,\d{3})+")
+_DECIMAL_RE = re.compile(r"-?\d+\.\d+|-?\d{1,3}(?:,\d{3})+\.\d+")
+
+
+def _quick_compare(gold: str, pred: str) -> bool | None:
+    """Decide the easy cases without sympy: two integers, or two equal decimals. None: undecided."""
+    gold, pred = gold.strip(), pred.strip()
+    if _INT_RE.fullmatch(gold) and _INT_RE.fullmatch(pred):
+        return int(gold.replace(",", "")) == int(pred.replace(",", ""))
+    if (_INT_RE.fullmatch(gold) or _DECIMAL_RE.fullmatch(gold)) and (
+        _INT_RE.fullmatch(pred) or _DECIMAL_RE.fullmatch(pred)
+    ):
+        try:
+            if Decimal(gold.replace(",", "")) == Decimal(pred.replace(",", "")):
+                return True
+        except InvalidOperation:
+            pass
+    return None  # unequal decimals go to math-verify, whose float rounding we do not duplicate
+
+
+def as_boxed(answer: str) -> str:
+    """Wrap a bare answer so math-verify's LaTeX extractor reads it whole (`$` delimiters dropped)."""
+    answer = answer.strip()
+    if "\\boxed" in answer or "\\fbox" in answer:
+        return answer
+    answer = re.sub(r"^\$+|\$+$", "", answer).strip()
+    return "\\boxed{" + answer + "}"
+
+
+def math_verify_compare(gold: str, pred: str) -> bool:
+    """math-verify's judgement, with its own (signal based) timeouts off. Runs in the worker."""
+    from math_verify import parse, verify
+
+    gold_parsed = parse(as_boxed(gold), parsing_timeout=None)
+    pred_parsed = parse(as_boxed(pred), parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+class _Worker:
+    """A child Python process that answers `{"gold", "pred"}` lines with `{"ok": bool}` lines."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trajdistill.verify.math"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        # Importing sympy and math-verify takes seconds; wait for it here so that the first
+        # comparison is not charged for it.
+        if self._read_line(_STARTUP_TIMEOUT) != "ready\n":
+            self.close()
+            raise RuntimeError("math verification worker failed to start")
+
+    def _read_line(self, timeout: float) -> str | None:
+        """The worker's next line ("" at EOF), or None if none arrives within `timeout`."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline() if ready else None
+
+    def compare(self, gold: str, pred: str, timeout: float) -> bool | None:
+        """True/False, or None when the worker overran `timeout` seconds (it is then killed)."""
+        self.proc.stdin.write(json.dumps({"gold": gold, "pred": pred}) + "\n")
+        self.proc.stdin.flush()
+        line = self._read_line(timeout)
+        if line is None:
+            self.close()
+            return None
+        if not line:
+            raise RuntimeError("math verification worker exited unexpectedly")
+        return bool(json.loads(line)["ok"])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def _serve() -> None:
+    """Worker loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # the "timeout disabled" warning
+    math_verify_compare("\\frac{1}{2}", "0.5")  # warm up: imports, LaTeX parser construction
+    replies = sys.stdout
+    sys.stdout = sys.stderr  # a stray print from a library must not corrupt the protocol
+    replies.write("ready\n")
+    replies.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            ok = math_verify_compare(request["gold"], request["pred"])
+        except Exception:  # math-verify raises on exotic input; that answer is simply not verified
+            ok = False
+        replies.write(json.dumps({"ok": ok}) + "\n")
+        replies.flush()
+
+
+class MathVerifier:
+    """Verifier for `kind == "math"` problems: extracted answer vs `problem.answer`.
+
+    Thread-safe: calls share one worker process under a lock. `timeout` (seconds) bounds each
+    comparison; `timeout=None` runs math-verify in-process without a limit (debugging only).
+    """
+
+    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._worker: _Worker | None = None
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], bool] = {}
+
+    def compare(self, gold: str, pred: str) -> bool | None:
+        """Is `pred` equivalent to `gold`? None when the comparison timed out."""
+        quick = _quick_compare(gold, pred)
+        if quick is not None:
+            return quick
+        key = (gold, pred)
+        if key in self._cache:
+            return self._cache[key]
+        result = self._compare_slow(gold, pred)
+        if result is not None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = result
+        return result
+
+    def _compare_slow(self, gold: str, pred: str) -> bool | None:
+        if self.timeout is None:
+            return math_verify_compare(gold, pred)
+        with self._lock:
+            if self._worker is None or not self._worker.alive():
+                self._worker = _Worker()
+            result = self._worker.compare(gold, pred, self.timeout)
+            if result is None:
+                self._worker = None  # killed by compare(); the next call starts a fresh one
+            return result
+
+    def check(self, problem: Problem, response: str) -> Verdict:
+        if problem.answer is None or not str(problem.answer).strip():
+            raise UserError(f"problem {problem.id}: no gold answer to verify a math response against")
+        answer = extract_answer(response)
+        if answer is None:
+            return Verdict(False, "no_answer", "no \\boxed{} or final answer found")
+        result = self.compare(str(problem.answer), answer)
+        if result is None:
+            return Verdict(False, "timeout", f"comparison exceeded {self.timeout}s: {answer[:80]!r}")
+        return Verdict(result, "passed" if result else "failed", f"extracted {answer[:80]!r}")
+
+    __call__ = check
+
+    def close(self) -> None:
+        """Stop the worker process (it is also stopped when the interpreter exits)."""
+        with self._lock:
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_default: MathVerifier | None = None
+_default_lock = threading.Lock()
+
+
+def verify_math(response: str, gold: str) -> bool:
+    """Does the final answer of `response` match `gold`? No answer or a timeout count as wrong."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = MathVerifier()
+    answer = extract_answer(response)
+    return answer is not None and bool(_default.compare(gold, answer))
+
+
+if __name__ == "__main__":  # the worker process
+    _serve()

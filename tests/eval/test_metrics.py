@@ -1,0 +1,72 @@
+"""Avg@k and unbiased Pass@k, checked against brute-force enumeration, and dataset summaries."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import pytest
+
+from trajdistill.eval.metrics import avg_at_k, mean_se, pass_at_k, summarize
+from trajdistill.records import Verdict
+
+
+def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
+    """Share of the k-subsets of n samples (the first c pass) that contain a passing sample."""
+    subsets = list(combinations(range(n), k))
+    return sum(any(i < c for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 10])
+def test_pass_at_k_matches_enumeration_of_all_subsets(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12)
+
+
+def test_edge_cases():
+    assert pass_at_k(10, 0, 3) == 0.0
+    assert pass_at_k(10, 10, 3) == 1.0
+    assert pass_at_k(10, 1, 10) == 1.0            # k = n: one pass is enough
+    assert pass_at_k(10, 4, 1) == pytest.approx(0.4)  # Pass@1 is the pass rate
+    for bad in [(4, 1, 5), (4, 1, 0), (4, 5, 1), (4, -1, 1)]:
+        with pytest.raises(ValueError):
+            pass_at_k(*bad)
+    with pytest.raises(TypeError):
+        pass_at_k(4.0, 1, 1)
+
+
+def test_large_n_stays_finite_and_matches_exact_binomials():
+    n, c, k = 2000, 37, 100
+    exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+    assert pass_at_k(n, c, k) == pytest.approx(exact, rel=1e-9)
+
+
+def test_avg_at_k_accepts_verdicts_or_booleans():
+    verdicts = [Verdict(True, "passed"), Verdict(False, "failed"), Verdict(False, "no_answer"), Verdict(True)]
+    assert avg_at_k(verdicts) == 0.5
+    assert avg_at_k([True, True, False]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        avg_at_k([])
+
+
+def test_mean_se_is_the_standard_error_of_the_mean():
+    mean, se = mean_se([0.0, 1.0, 1.0, 0.0])
+    assert mean == 0.5 and se == pytest.approx(math.sqrt((4 * 0.25 / 3) / 4))
+    assert mean_se([0.7]) == (0.7, 0.0)
+    assert all(math.isnan(x) for x in mean_se([]))
+
+
+def test_summarize_averages_over_problems_with_standard_errors():
+    counts, n = [0, 2, 4, 1], 4
+    summary = summarize(counts, n, [1, 2, 4])
+    assert summary["problems"] == 4 and summary["n"] == 4
+    assert summary["avg@4"]["mean"] == pytest.approx(7 / 16)
+    assert summary["pass@1"]["mean"] == pytest.approx(summary["avg@4"]["mean"])
+    per_problem = [pass_at_k(n, c, 2) for c in counts]
+    assert (summary["pass@2"]["mean"], summary["pass@2"]["se"]) == pytest.approx(mean_se(per_problem))
+    assert summary["pass@4"]["mean"] == pytest.approx(3 / 4)
+    with pytest.raises(ValueError):
+        summarize(counts, n, [5])
+    with pytest.raises(ValueError):
+        summarize([5], n, [1])
