@@ -42,11 +42,25 @@ def main(out: str, aggregation: str) -> None:
     method.collect = lambda items, step: StepResult([batches[step][i] for i in items])
     trainer = Trainer(cfg, Path(out).parent / "run", method, ctx.model, list(range(8)), accelerator=accelerator)
     trainer.order.indices = lambda step: list(range(8))  # the same fixed global batch, in order
-    for step in range(2):
-        trainer.train_step(step)
+    model = accelerator.unwrap_model(trainer.model) if accelerator else trainer.model
+    grads = {}
+    calls = []
+    step_fn = trainer.optimizer.step
+
+    def capture_then_step(*args, **kwargs):  # the synchronised gradient the optimizer receives
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                grads[f"step{len(calls)}.{name}"] = p.grad.detach().clone()
+        calls.append(1)
+        return step_fn(*args, **kwargs)
+
+    trainer.optimizer.step = capture_then_step
+    losses = [trainer.train_step(step)["loss"] for step in range(2)]
     if trainer.rank == 0:
-        model = accelerator.unwrap_model(trainer.model) if accelerator else trainer.model
-        save_file(trainable_state(model), out)
+        state = {f"weight.{k}": v for k, v in trainable_state(model).items()}
+        state.update({f"grad0.{k}": v for k, v in grads.items() if k.startswith("step0.")})
+        state["loss"] = torch.tensor(losses, dtype=torch.float64)
+        save_file(state, out)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,13 @@ def test_two_processes_give_the_single_process_update(tmp_path, aggregation, tok
                     if aggregation == "token" else "29534", SCRIPT, str(double), aggregation],
                    check=True, env=_env(), timeout=300)
     a, b = load_file(str(single)), load_file(str(double))
-    assert a.keys() == b.keys() and len(a) > 0
-    moved = 0
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5)
-        moved += int(a[k].abs().sum() > 0)
-    assert moved > 0
+    assert a.keys() == b.keys()
+    grads = [k for k in a if k.startswith("grad0.")]
+    assert grads and any(a[k].abs().sum() > 0 for k in grads)
+    for k in grads:  # the full-batch gradient, however the batch is split
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-4)  # fp32 summation order
+    torch.testing.assert_close(a["loss"], b["loss"], atol=1e-7, rtol=1e-6)
+    # Adam's first steps are ~lr * sign(g): float noise in near-zero gradients may flip a few
+    # elements, so the weights after two steps agree to a fraction of the learning rate (0.01).
+    for k in (k for k in a if k.startswith("weight.")):
+        torch.testing.assert_close(a[k], b[k], atol=1e-3, rtol=0)

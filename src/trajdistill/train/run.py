@@ -49,13 +49,17 @@ def load_run_problems(cfg: RunConfig) -> Problems:
     return Problems(train, held)
 
 
-def make_accelerator():
-    """accelerate only when launched with several processes (torchrun / accelerate launch)."""
+def make_accelerator(device: str = "auto"):
+    """accelerate only when launched with several processes (torchrun / accelerate launch).
+
+    On machines without CUDA (or with `model.device: cpu`) it must be told so explicitly, or it
+    silently runs every process as an independent single process.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import Accelerator
 
-    return Accelerator()
+    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def build_teacher(cfg: RunConfig, student, tokenizer, device):
@@ -82,7 +86,7 @@ def raise_user(message: str):
 
 def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
     """Everything a method needs. `model`/`tokenizer` may be injected (tests use tiny models)."""
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(cfg.model.device)
     device = accelerator.device if accelerator else resolve_device(cfg.model.device)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
