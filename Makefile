@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/trajdistill demo
+	$(VENV)/bin/trajdistill train configs/demo.yaml
 
 test: setup
 	$(PY) -m pytest -q
