@@ -1,0 +1,103 @@
+"""On-policy methods that look at the whole step's teacher scores before the update (ReNIO, TOPD).
+
+ReNIO needs every rollout's sampled-token log-ratio to normalise its sample weights over the
+optimisation batch; TOPD needs every response token's divergence to pick the step's high-loss
+quantile. Both are computed in `collect`, without gradient. The teacher is frozen, so the hidden
+states it gives in `collect` are exactly those the loss would recompute: they are kept on each
+`TrainSequence` (`meta["teacher_hidden"]`, `[len(response), H]`, on the CPU) and the loss runs
+only the student.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trajdistill.methods.onpolicy import Hidden, OnPolicyDistillation
+from trajdistill.models.backbone import final_hidden, lm_head_weight
+from trajdistill.records import Rollout
+from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
+from trajdistill.train.logprobs import token_logprobs
+
+
+def rollout_sequence(rollout: Rollout, teacher_prompt: list[int]) -> TrainSequence:
+    """The training unit of one rollout, as `OnPolicyDistillation.collect` builds it."""
+    return TrainSequence(student_prompt=rollout.prompt_ids, response=rollout.response_ids,
+                         teacher_prompt=teacher_prompt, passed=rollout.verdict.passed,
+                         meta={"problem_id": rollout.problem_id, "finished": rollout.finished})
+
+
+def padded(rows: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D tensors into `[B, T]` plus the `[B, T]` bool mask of real entries."""
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), fill, dtype=torch.float64)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r.double()
+        mask[i, : len(r)] = True
+    return out, mask
+
+
+class StepScoredDistillation(OnPolicyDistillation):
+    def _chunks(self, seqs: list[TrainSequence]):
+        size = self.cfg.optim.micro_batch_size
+        for start in range(0, len(seqs), size):
+            yield seqs[start : start + size]
+
+    @torch.no_grad()
+    def cache_teacher_hidden(self, seqs: list[TrainSequence]) -> None:
+        """Score the teacher once per sequence; `hidden_for` reuses it in the loss."""
+        todo = [s for s in seqs if "teacher_hidden" not in s.meta]
+        for chunk in self._chunks(todo):
+            t = collate(chunk, self.ctx.pad_id).teacher
+            states = self.ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols).cpu()
+            for seq, h in zip(chunk, states.split([len(s.response) for s in chunk])):
+                seq.meta["teacher_hidden"] = h
+
+    def hidden_for(self, seqs: list[TrainSequence], batch: ScoredBatch) -> Hidden:
+        """`OnPolicyDistillation.hidden`, with the teacher's states taken from the cache when present."""
+        if not all("teacher_hidden" in s.meta for s in seqs):
+            return self.hidden(batch)
+        model, s, device = self.ctx.model, batch.student, self.ctx.device
+        states = final_hidden(model, s.input_ids.to(device), s.attention_mask.to(device))
+        teacher = torch.cat([q.meta["teacher_hidden"] for q in seqs]).to(device)
+        return Hidden(states[s.rows.to(device), s.cols.to(device)], teacher, lm_head_weight(model),
+                      self.ctx.teacher.head_weight())
+
+    @torch.no_grad()
+    def teacher_token_logprobs(self, seqs: list[TrainSequence], temperature: float) -> list[torch.Tensor]:
+        """`log p_T(y_t)` of each response token at `temperature` (teacher states from the cache)."""
+        self.cache_teacher_hidden(seqs)
+        head = self.ctx.teacher.head_weight()
+        chunk = self.cfg.loss.chunk_size
+        return [token_logprobs(s.meta["teacher_hidden"].to(head.device), head,
+                               torch.tensor(s.response, device=head.device), temperature=temperature,
+                               chunk_size=chunk).cpu()
+                for s in seqs]
+
+    @torch.no_grad()
+    def student_token_logprobs(self, seqs: list[TrainSequence], temperature: float) -> list[torch.Tensor]:
+        """`log p_S(y_t)` at `temperature` from a forward pass (when the sampler's are unavailable)."""
+        out: list[torch.Tensor] = []
+        for chunk in self._chunks(seqs):
+            batch = collate(chunk, self.ctx.pad_id)
+            s, device = batch.student, self.ctx.device
+            states = final_hidden(self.ctx.model, s.input_ids.to(device), s.attention_mask.to(device))
+            lp = token_logprobs(states[s.rows.to(device), s.cols.to(device)], lm_head_weight(self.ctx.model).detach(),
+                                batch.targets.to(device), temperature=temperature,
+                                chunk_size=self.cfg.loss.chunk_size).cpu()
+            out += list(lp.split(batch.lengths.tolist()))
+        return out
+
+    @torch.no_grad()
+    def step_divergences(self, seqs: list[TrainSequence]) -> list[torch.Tensor]:
+        """`D_t` of every response token with the configured divergence, no gradient: `[len]` per sequence."""
+        self.cache_teacher_hidden(seqs)
+        out: list[torch.Tensor] = []
+        for chunk in self._chunks(seqs):
+            batch = collate(chunk, self.ctx.pad_id)
+            h = self.hidden_for(chunk, batch)
+            h = Hidden(h.student.detach(), h.teacher, h.student_head.detach(), h.teacher_head)
+            ones = torch.ones(batch.num_tokens, device=h.student.device)
+            _, per_token = self.divergence(h, batch.targets.to(h.student.device), ones, 1.0)
+            out += list(per_token.detach().float().cpu().split(batch.lengths.tolist()))
+        return out

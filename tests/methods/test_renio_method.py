@@ -1,0 +1,164 @@
+"""ReNIO inside the on-policy loop: which tokens its weights multiply, batch-wide normalisation,
+scoring of every rollout, and a few training steps on a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trajdistill.config import load_config
+from trajdistill.records import Problem, Verdict
+from trajdistill.train.batch import TrainSequence
+from trajdistill.train.optim import build_optimizer
+from trajdistill.weighting import renio_sample_weights
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on two shared cores run several times slower than one; restore afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def problems(n=4):
+    return [Problem(id=f"p{i}", prompt=f"What is {i} + {i + 1}?", answer=str(2 * i + 1),
+                    reference=f"{i} + {i + 1} = {2 * i + 1}. The answer is \\boxed{{{2 * i + 1}}}.")
+            for i in range(n)]
+
+
+def fake_verify(problem, response):
+    return Verdict(passed=problem.id in ("p0", "p1"))
+
+
+def build_tiny(tmp_path, tiny_lm, tokenizer, *sets, preset="renio-opsd.yaml"):
+    from trajdistill.train.run import build
+
+    base = ["sampling.n=2", "sampling.max_new_tokens=6", "lora.r=4", "lora.alpha=8", f"output_dir={tmp_path}",
+            "optim.lr=0.005", "optim.warmup_ratio=0", "optim.schedule=constant", "loss.chunk_size=7"]
+    cfg = load_config(Path("configs") / preset, base + list(sets))
+    ctx, method, _ = build(cfg, tmp_path, model=tiny_lm, tokenizer=tokenizer)
+    ctx.verify = fake_verify
+    return cfg, ctx, method
+
+
+# log p_S - log p_T of each response token; with C = 2.5, delta = 0.8 (renio-opsd):
+RATIOS = [
+    [0.1, 3.0, 1.0],        # pivotal {2.5 (capped), 1.0}: s = 1.75
+    [0.0, -1.0, 0.5, 0.2],  # none: s = 0
+    [0.9, 0.9],             # s = 0.9
+    [2.0],                  # s = 2.0
+]
+
+
+def hand_built(method, tokenizer):
+    seqs = []
+    for i, ratios in enumerate(RATIOS):
+        s = TrainSequence(student_prompt=method.student_prompt(problems()[i]),
+                          response=[100 + 7 * i + j for j in range(len(ratios))],
+                          teacher_prompt=method.teacher_prompt(problems()[i]), passed=i % 2 == 0)
+        teacher = torch.full((len(ratios),), -4.0)
+        s.meta["renio_logprobs"] = (teacher + torch.tensor(ratios), teacher)
+        seqs.append(s)
+    method.weigh(seqs)
+    return seqs
+
+
+def expected_weights(method, seqs):
+    from trajdistill.methods.step_scores import padded
+
+    r = method.cfg.renio
+    student, mask = padded([s.meta["renio_logprobs"][0] for s in seqs])
+    teacher, _ = padded([s.meta["renio_logprobs"][1] for s in seqs])
+    return renio_sample_weights(student, teacher, mask, ratio_cap=r.ratio_cap, threshold=r.threshold,
+                                tau=r.tau, weight_cap=r.weight_cap, normalize="micro")
+
+
+def test_scores_and_raw_weights_follow_the_hand_built_ratios(tmp_path, tiny_lm, tokenizer):
+    _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer)
+    seqs = hand_built(method, tokenizer)
+    assert [s.meta["renio_score"] for s in seqs] == pytest.approx([1.75, 0.0, 0.9, 2.0])
+    assert [s.meta["renio_pivotal"] for s in seqs] == [True, False, True, True]
+    raw = torch.exp(torch.tensor([1.75, 0.0, 0.9, 2.0]))
+    assert method.counts(seqs)["renio_weight_sum"] == pytest.approx(float(raw.sum()))
+
+
+def test_loss_is_the_weighted_mean_of_per_sequence_mean_divergences(tmp_path, tiny_lm, tokenizer):
+    """L = (1/B) sum_i w_i mean_t D_t(i): each sample weight multiplies its own sequence's tokens only."""
+    _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer)
+    seqs = hand_built(method, tokenizer)
+    w = expected_weights(method, seqs)  # the whole batch in one call: batch mean = micro mean
+    assert not torch.allclose(w, torch.ones_like(w))
+    d = method.step_divergences(seqs)
+    expected = sum(float(wi) * float(di.mean()) for wi, di in zip(w, d)) / len(seqs)
+    loss, metrics = method.loss(seqs, method.counts(seqs))
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert metrics["renio/weight_mean"][0] / metrics["renio/weight_mean"][1] == pytest.approx(float(w.mean()), rel=1e-6)
+
+
+def test_batch_normalisation_does_not_depend_on_the_micro_batch_split(tmp_path, tiny_lm, tokenizer):
+    _, ctx, method = build_tiny(tmp_path, tiny_lm, tokenizer)
+    seqs = hand_built(method, tokenizer)
+    totals = method.counts(seqs)
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+
+    def loss_and_grads(parts):
+        for p in params:
+            p.grad = None
+        total = 0.0
+        for part in parts:
+            loss, _ = method.loss(part, totals)
+            loss.backward()
+            total += float(loss)
+        return total, [p.grad.clone() for p in params]
+
+    whole, g_whole = loss_and_grads([seqs])
+    split, g_split = loss_and_grads([seqs[:1], seqs[1:3], seqs[3:]])
+    assert split == pytest.approx(whole, rel=1e-5)
+    for a, b in zip(g_whole, g_split):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+    method.cfg.renio.normalize = "micro"  # the authors: a micro-batch of one has weight 1
+    ones = sum(float(method.loss([s], totals)[0]) for s in seqs)
+    d = method.step_divergences(seqs)
+    assert ones == pytest.approx(sum(float(x.mean()) for x in d) / len(seqs), rel=1e-5)
+    assert ones != pytest.approx(whole, rel=1e-3)
+
+
+def test_collect_scores_every_rollout_and_trains_only_the_kept(tmp_path, tiny_lm, tokenizer):
+    _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer, "outcome_filter=incorrect")
+    result = method.collect(problems(), step=0)
+    assert all("renio_score" in r.meta for r in result.rollouts if r.response_ids)
+    assert result.units and all(u.passed is False for u in result.units)
+    u, pairs = result.metrics["renio/auc"]
+    assert pairs == 4 * 4  # 4 correct x 4 incorrect rollouts, scored although only incorrect ones train
+    assert 0 <= u <= pairs
+    assert result.metrics["renio/weight_max"][0] >= 1.0 >= result.metrics["renio/weight_min"][0]
+    # the student's log-probs are the sampler's (sampling temperature), the teacher's at the same temperature
+    by_ids = {tuple(r.response_ids): r for r in result.rollouts}
+    for s in result.units:
+        student, teacher = s.meta["renio_logprobs"]
+        torch.testing.assert_close(student, torch.tensor(by_ids[tuple(s.response)].logprobs))
+        assert s.meta["teacher_hidden"].shape[0] == len(s.response)
+
+
+@pytest.mark.parametrize("preset", ["renio-opsd.yaml", "renio-opd.yaml"])
+def test_a_few_renio_steps_lower_the_weighted_loss(preset, tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
+    sets = [f"teacher.name={tiny_teacher_dir}"] if "opd." in preset else []
+    cfg, ctx, method = build_tiny(tmp_path, tiny_lm, tokenizer, *sets, preset=preset)
+    torch.manual_seed(0)
+    units = method.collect(problems(), step=0).units
+    totals = method.counts(units)
+    optimizer, _ = build_optimizer(ctx.model, cfg.optim, total_steps=10)
+    ctx.model.train()
+    losses = []
+    for _ in range(5):
+        loss, _ = method.loss(units, totals)
+        losses.append(float(loss))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < losses[0], losses
