@@ -139,7 +139,18 @@ class OnPolicyDistillation:
         hidden = self.hidden(batch)
         weights, normalizer = self.token_weights(batch, hidden, totals)
         loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
-        return loss, divergence_metrics(per_token.detach().cpu(), batch)
+        metrics = divergence_metrics(per_token.detach().cpu(), batch)
+        metrics.update(self.diagnostics(hidden, batch))
+        return loss, metrics
+
+    def diagnostics(self, hidden: Hidden, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
+        """Seed 003's training diagnostics (C.5), `diag/*`: teacher mass on epistemic onset tokens,
+        teacher/student NLL and their gap on the response mask (switch: `trd.diagnostics`)."""
+        if not self.cfg.trd.diagnostics:
+            return {}
+        from trajdistill.eval.diagnostics import training_diagnostics
+
+        return training_diagnostics(hidden, batch.targets, self.ctx.tokenizer, self.cfg.loss.chunk_size)
 
     @staticmethod
     def counts(seqs: list[TrainSequence]) -> dict[str, float]:

@@ -1,0 +1,105 @@
+"""Training diagnostics of seed 003 (TRD, appendix C.5), usable by every on-policy method.
+
+All are computed over the response tokens of a training batch and returned as (sum, count)
+pairs, so the trainer adds them up over micro-batches and processes before dividing: the logged
+value is a token-weighted mean over the step, as in the paper.
+
+- KL by outcome: `sum_{t in bucket} D_t / |bucket|` for each outcome label of the rollout
+  (the stage-1 verdict in the paper; any labelling here, e.g. TRD's joint fail->pass labels).
+- Teacher mass on epistemic onset tokens: `m_t = sum_{v in E} p_T(v | c_T, y_<t)` at temperature
+  1 (before any KL temperature), where E holds the first sub-token id of each phrase in
+  `EPISTEMIC_PHRASES`, bare and with a leading space, deduplicated.
+- Teacher-student perplexity gap on the same mask: `log PPL_S - log PPL_T
+  = mean_t (log p_T(y_t | c_T, y_<t) - log p_S(y_t | c_S, y_<t))`. Positive: the teacher finds the
+  trained tokens likelier than the student does (there is something left to transmit). The two
+  mean NLLs are logged too (`exp` of them are the perplexities).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+
+EPISTEMIC_PHRASES = ("Wait", "Actually", "However", "Alternatively", "Oops", "Wrong", "Error",
+                     "Incorrect", "Correction", "Sorry", "Hmm", "Oh", "Hold", "Pause", "Uh", "Um")
+
+Sums = dict[str, tuple[float, float]]
+
+
+@functools.lru_cache(maxsize=8)
+def epistemic_token_ids(tokenizer, phrases: tuple[str, ...] = EPISTEMIC_PHRASES) -> tuple[int, ...]:
+    """First sub-token id of every phrase, bare and with a leading space, deduplicated, sorted."""
+    ids = set()
+    for phrase in phrases:
+        for variant in (phrase, " " + phrase):
+            encoded = tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if encoded:
+                ids.add(int(encoded[0]))
+    return tuple(sorted(ids))
+
+
+def kl_by_outcome(per_token: torch.Tensor, seq_index: torch.Tensor, labels: Sequence[str | None],
+                  prefix: str = "kl") -> Sums:
+    """Per-token divergence summed within each label's tokens: `{prefix/label: (sum, count)}`.
+
+    `labels[b]` names sequence b's bucket (None: counted in no bucket).
+    """
+    per_token = per_token.detach().float().cpu()
+    seq_index = seq_index.cpu()
+    out: Sums = {}
+    for label in sorted({lb for lb in labels if lb is not None}):
+        rows = torch.tensor([lb == label for lb in labels])[seq_index]
+        out[f"{prefix}/{label}"] = (float(per_token[rows].sum()), float(rows.sum()))
+    return out
+
+
+@torch.no_grad()
+def token_statistics(student_hidden: torch.Tensor, student_head: torch.Tensor,
+                     teacher_hidden: torch.Tensor, teacher_head: torch.Tensor, targets: torch.Tensor,
+                     epistemic_ids: Sequence[int], chunk_size: int = 512) -> dict[str, torch.Tensor]:
+    """Per response token: student and teacher log-prob of the token, teacher mass on E ([N] each)."""
+    targets = targets.to(student_hidden.device)
+    ids = torch.tensor(list(epistemic_ids), dtype=torch.long, device=teacher_hidden.device)
+    student_lp, teacher_lp, mass = [], [], []
+    for start in range(0, targets.numel(), chunk_size):
+        part = slice(start, start + chunk_size)
+        tgt = targets[part]
+        s_logits = student_hidden[part].detach().float() @ student_head.detach().float().T
+        t_logits = teacher_hidden[part].detach().float() @ teacher_head.detach().float().T
+        s_norm = torch.logsumexp(s_logits, dim=-1)
+        t_norm = torch.logsumexp(t_logits, dim=-1)
+        student_lp.append(s_logits.gather(1, tgt[:, None]).squeeze(1) - s_norm)
+        teacher_lp.append(t_logits.gather(1, tgt[:, None]).squeeze(1) - t_norm)
+        if len(ids):
+            mass.append(torch.exp(torch.logsumexp(t_logits[:, ids], dim=-1) - t_norm))
+        else:
+            mass.append(torch.zeros_like(t_norm))
+    empty = student_hidden.new_zeros(0, dtype=torch.float32)
+    cat = (lambda xs: torch.cat(xs).cpu()) if student_lp else (lambda xs: empty.cpu())
+    return {"student_logprob": cat(student_lp), "teacher_logprob": cat(teacher_lp), "epistemic_mass": cat(mass)}
+
+
+def diagnostic_sums(stats: dict[str, torch.Tensor], prefix: str = "diag") -> Sums:
+    """Token sums of the C.5 quantities from `token_statistics` output."""
+    n = float(stats["student_logprob"].numel())
+    s, t = stats["student_logprob"].double(), stats["teacher_logprob"].double()
+    return {
+        f"{prefix}/teacher_epistemic_mass": (float(stats["epistemic_mass"].double().sum()), n),
+        f"{prefix}/student_nll": (float(-s.sum()), n),
+        f"{prefix}/teacher_nll": (float(-t.sum()), n),
+        f"{prefix}/log_ppl_gap": (float((t - s).sum()), n),
+    }
+
+
+def training_diagnostics(hidden, targets: torch.Tensor, tokenizer, chunk_size: int = 512) -> Sums:
+    """The C.5 diagnostics of one micro-batch from the on-policy `Hidden` views (no gradient)."""
+    stats = token_statistics(hidden.student, hidden.student_head, hidden.teacher, hidden.teacher_head,
+                             targets, epistemic_token_ids(tokenizer), chunk_size)
+    return diagnostic_sums(stats)
+
+
+def perplexity(mean_nll: float) -> float:
+    """`exp` of a logged mean NLL (e.g. `diag/teacher_nll`)."""
+    return float(torch.tensor(mean_nll).exp())

@@ -1,0 +1,356 @@
+"""TRD: trajectory-refined distillation (seed 003).
+
+    stage 1   y_o ~ p_S(. | c_S)                                    (student rollout, n = 1)
+    stage 2   y_r ~ p_T(. | refine(x, y_o))       OPD: separate teacher, no reference
+                    p_T(. | refine(x, y*, y_o))   OPSD: same base, adapter off, reference shown
+              clean y_r (strip a copied template head); unusable -> fallback (raw y_o, or drop)
+    stage 3   D_t = KL(p_T(. | refine(...), y_r<t) || p_S(. | c_S, y_r<t))   for t in y_r
+              (full-vocabulary forward KL, no clip: the `loss` section of the preset)
+
+`trd.mode: offline` runs stages 1-2 once over the whole training set before training, with the
+initial student, and trains on the saved dataset (the paper's single-update pipeline);
+`online` refines each step's fresh rollouts. Either way every (y_o, y_r) pair is written to
+`rollouts/*.parquet` in the run directory (readable by pandas and `datasets`), and
+`trd.dataset: PATH` restarts stage 3 from such a file without sampling.
+
+Stage 2 samples with the Hugging Face backend even when `sampling.backend` is vllm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from trajdistill import UserError
+from trajdistill.eval.diagnostics import kl_by_outcome
+from trajdistill.eval.runner import reflection_count
+from trajdistill.io import atomic_write_json, atomic_write_text
+from trajdistill.methods.base import StepResult
+from trajdistill.methods.onpolicy import OnPolicyDistillation, divergence_metrics
+from trajdistill.methods.trd_prompts import initial_instruction, refinement_text, strip_echo, task_of
+from trajdistill.records import Problem, Rollout
+from trajdistill.rollout import SamplingParams, render_prompt
+from trajdistill.rollout.prompts import chat_ids
+from trajdistill.teacher import AdapterOffTeacher
+from trajdistill.train.batch import TrainSequence, collate
+
+console = Console(stderr=True)
+
+STATUSES = ("ok", "empty", "truncated", "bad_format")
+JOINT = ("fail_to_pass", "pass_to_fail", "pass_to_pass", "fail_to_fail")
+OFFLINE_FILE = "rollouts/trd.parquet"
+ONLINE_DIR = "rollouts/trd-online"
+OFFLINE_STEP = 1_000_000  # seeds and `step` column of the offline pass (chunk c: OFFLINE_STEP + c)
+
+
+def answer_in_format(text: str, kind: str) -> bool:
+    """The answer format the refinement prompt asks for: a `\\boxed{}` (math), code (code)."""
+    if kind == "code":
+        from trajdistill.verify.code import extract_code
+
+        return extract_code(text) is not None
+    from trajdistill.verify.math import boxed_contents
+
+    return any(b.strip() for b in boxed_contents(text))
+
+
+def refinement_status(text: str, finished: bool, kind: str) -> str:
+    """`ok`, or why the refinement cannot be trained on: empty, truncated, bad_format."""
+    if not text.strip():
+        return "empty"
+    if not finished:
+        return "truncated"
+    return "ok" if answer_in_format(text, kind) else "bad_format"
+
+
+def joint_outcome(y_o_passed: bool, y_r_passed: bool) -> str:
+    return f"{'pass' if y_o_passed else 'fail'}_to_{'pass' if y_r_passed else 'fail'}"
+
+
+def choose_target(row: dict, fallback: str, outcome_filter: str) -> str | None:
+    """Which trajectory stage 3 trains on: "y_r", "y_o" (fallback raw), or None (dropped)."""
+    target = "y_r" if row["refine_status"] == "ok" else ("y_o" if fallback == "raw" else None)
+    if target == "y_o" and not row["y_o_ids"]:
+        target = None
+    passed_o, passed_r = bool(row["y_o_passed"]), bool(row["y_r_passed"])
+    if outcome_filter == "fail_to_pass" and not (target == "y_r" and not passed_o and passed_r):
+        return None
+    if outcome_filter in ("correct", "incorrect") and passed_o != (outcome_filter == "correct"):
+        return None
+    return target
+
+
+# -- the refinement table (seed 003, appendix B.1) ---------------------------------------------
+def refinement_table(rows: list[dict]) -> dict:
+    """Pass rate and median length of y_o vs y_r, joint outcomes and refinement statuses."""
+    n = len(rows)
+
+    def rate(key):
+        p = sum(bool(r[key]) for r in rows) / n if n else float("nan")
+        return {"mean": p, "se": math.sqrt(p * (1 - p) / n) if n else float("nan")}
+
+    def median(key, subset=None):
+        values = [r[key] for r in (subset if subset is not None else rows)]
+        return float(statistics.median(values)) if values else float("nan")
+
+    usable = [r for r in rows if r["refine_status"] == "ok"]
+    return {
+        "rows": n,
+        "problems": len({r["problem_id"] for r in rows}),
+        "y_o_pass": rate("y_o_passed"),
+        "y_r_pass": rate("y_r_passed"),
+        "y_o_median_tokens": median("y_o_tokens"),
+        "y_r_median_tokens": median("y_r_tokens"),
+        "y_r_median_tokens_usable": median("y_r_tokens", usable),
+        "joint": {j: sum(joint_outcome(r["y_o_passed"], r["y_r_passed"]) == j for r in rows) for j in JOINT},
+        "refine_status": {s: sum(r["refine_status"] == s for r in rows) for s in STATUSES},
+        "echo_stripped": sum(bool(r["echo_stripped"]) for r in rows),
+        "y_o_truncated": sum(not r["y_o_finished"] for r in rows),
+    }
+
+
+def refinement_table_markdown(t: dict, title: str = "TRD refinement: y_o (student) vs y_r (refined)") -> str:
+    pct = lambda s: f"{100 * s['mean']:.1f} ± {100 * s['se']:.1f}"  # noqa: E731
+    j, st = t["joint"], t["refine_status"]
+    return "\n".join([
+        f"### {title}", "",
+        f"{t['rows']} rollouts on {t['problems']} problems; pass rate in %, mean ± standard error.", "",
+        "| trajectory | verifier pass rate | median tokens |", "|---|---|---|",
+        f"| y_o (stage 1) | {pct(t['y_o_pass'])} | {t['y_o_median_tokens']:.0f} |",
+        f"| y_r (stage 2) | {pct(t['y_r_pass'])} | {t['y_r_median_tokens']:.0f} "
+        f"(usable only: {t['y_r_median_tokens_usable']:.0f}) |", "",
+        "| fail->pass | pass->fail | pass->pass | fail->fail |", "|---|---|---|---|",
+        f"| {j['fail_to_pass']} | {j['pass_to_fail']} | {j['pass_to_pass']} | {j['fail_to_fail']} |", "",
+        "| refinement ok | empty | truncated | not in answer format | template echo stripped |",
+        "|---|---|---|---|---|",
+        f"| {st['ok']} | {st['empty']} | {st['truncated']} | {st['bad_format']} | {t['echo_stripped']} |", "",
+    ])
+
+
+# -- the dataset ---------------------------------------------------------------------------------
+def save_rows(rows: list[dict], path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    """Rows of a saved stage-1/2 dataset: one parquet file, or a folder of them (online mode)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise UserError(f"trd.dataset: no parquet file at {path}")
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    missing = {"problem_id", "prompt_ids", "y_o_ids", "y_r_ids", "refine_prompt_ids", "refine_status"} - set(rows[0] if rows else {})
+    if missing:
+        raise UserError(f"trd.dataset {path}: not a TRD dataset (missing columns {sorted(missing)})")
+    return rows
+
+
+def _gather(rows: list[dict]) -> list[dict]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return rows
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, rows)
+    return [r for part in parts for r in part]
+
+
+class TrajectoryRefinedDistillation(OnPolicyDistillation):
+    """`method: trd` with `setting: opd | opsd`."""
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def student_prompt(self, problem: Problem) -> list[int]:
+        p = self.cfg.prompt
+        return render_prompt(self.ctx.tokenizer, problem, initial_instruction(problem, p.instruction), p.system)
+
+    def refinement_prompt(self, problem: Problem, initial: str) -> list[int]:
+        p = self.cfg.prompt
+        return chat_ids(self.ctx.tokenizer, refinement_text(problem, initial, self.cfg.setting, p.instruction),
+                        p.system)
+
+    # -- stage 2 ---------------------------------------------------------------------------------
+    def refine_params(self, step: int) -> SamplingParams:
+        s, budget = self.cfg.sampling, self.cfg.trd.refine_max_new_tokens
+        return SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                              max_new_tokens=budget or s.max_new_tokens,
+                              seed=self.cfg.seed * 100_003 + step * 7919 + self.ctx.rank + 55_555)
+
+    def refine(self, prompts: list[list[int]], ids: list[str], step: int) -> list[Rollout]:
+        """Sample one refinement per prompt from the teacher (OPSD: the base, adapter disabled)."""
+        from trajdistill.rollout.hf import HFSampler
+
+        teacher = self.ctx.teacher
+        sampler = HFSampler(teacher.model, self.ctx.tokenizer, batch_size=self.cfg.sampling.batch_size,
+                            progress=False)
+        off = teacher.model.disable_adapter() if isinstance(teacher, AdapterOffTeacher) else contextlib.nullcontext()
+        with off:
+            return sampler.sample(prompts, self.refine_params(step), ids)
+
+    def stage12(self, problems: list[Problem], step: int) -> list[dict]:
+        """Stages 1 and 2 on `problems`: one dataset row per raw rollout."""
+        rollouts = [r for r in self.rollouts(problems, step) if r.response_ids]
+        by_id = {p.id: p for p in problems}
+        refine_prompts = [self.refinement_prompt(by_id[r.problem_id], r.text) for r in rollouts]
+        refined = self.refine(refine_prompts, [r.problem_id for r in rollouts], step)
+        return [self.make_row(by_id[y_o.problem_id], y_o, y_r, prompt, step)
+                for y_o, y_r, prompt in zip(rollouts, refined, refine_prompts)]
+
+    def make_row(self, problem: Problem, y_o: Rollout, y_r: Rollout, refine_prompt: list[int], step: int) -> dict:
+        tok = self.ctx.tokenizer
+        text, stripped = strip_echo(y_r.text, problem)
+        if stripped:  # re-tokenise what is left; keep EOS when the refinement stopped by itself
+            ids = tok(text, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if y_r.finished else [])
+            ids = ids if text else []
+        else:
+            ids = list(y_r.response_ids)
+        verdict = self.ctx.verify(problem, text)
+        return {
+            "problem_id": problem.id, "kind": problem.kind, "problem": problem.prompt,
+            "answer": problem.answer, "reference": problem.reference,
+            "sample_index": int(y_o.meta.get("sample_index", 0)), "step": step,
+            "prompt_ids": list(y_o.prompt_ids), "teacher_prompt_ids": self.teacher_prompt(problem),
+            "refine_prompt_ids": list(refine_prompt),
+            "y_o": y_o.text, "y_o_ids": list(y_o.response_ids), "y_o_tokens": len(y_o.response_ids),
+            "y_o_finished": bool(y_o.finished), "y_o_passed": bool(y_o.verdict.passed),
+            "y_o_status": y_o.verdict.status,
+            "y_r_raw": y_r.text, "y_r": text, "y_r_ids": ids, "y_r_tokens": len(ids),
+            "y_r_finished": bool(y_r.finished), "y_r_passed": bool(verdict.passed), "y_r_status": verdict.status,
+            "refine_status": refinement_status(text, y_r.finished, problem.kind), "echo_stripped": stripped,
+        }
+
+    # -- offline pipeline ------------------------------------------------------------------------
+    def train_items(self, problems: list[Problem]) -> list:
+        """Offline: stages 1-2 over the whole training set once (or a saved dataset), kept rows only."""
+        if self.cfg.trd.mode == "online" and not self.cfg.trd.dataset:
+            return problems
+        rows = self.offline_rows(problems)
+        kept = [r for r in rows if choose_target(r, self.cfg.trd.fallback, self.cfg.outcome_filter)]
+        if self.ctx.rank == 0:
+            console.print(f"TRD stage 3: training on {len(kept)} of {len(rows)} rollouts "
+                          f"(fallback {self.cfg.trd.fallback}, outcome_filter {self.cfg.outcome_filter})")
+        if not kept:
+            raise UserError("TRD: no rollout left to train on after the refinement fallback and outcome filter")
+        return kept
+
+    def offline_rows(self, problems: list[Problem]) -> list[dict]:
+        if self.cfg.trd.dataset:
+            rows = load_rows(self.cfg.trd.dataset)
+            train_ids = {p.id for p in problems}
+            usable = [r for r in rows if r["problem_id"] in train_ids]
+            if self.ctx.rank == 0 and len(usable) < len(rows):
+                console.print(f"trd.dataset: ignoring {len(rows) - len(usable)} rows whose problem is not "
+                              "in the training split")
+            return usable
+        run_dir = Path(self.ctx.run_dir or self.cfg.output_dir)
+        path, manifest = run_dir / OFFLINE_FILE, self.manifest(problems)
+        manifest_path = path.with_suffix(".json")
+        if path.is_file() and manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
+            if self.ctx.rank == 0:
+                console.print(f"TRD: reusing stages 1-2 from {path} (same model, settings and problems)")
+            return load_rows(path)
+        rows = self.sample_dataset(problems)
+        if self.ctx.rank == 0:
+            save_rows(rows, path)
+            atomic_write_json(manifest_path, manifest)
+            table = refinement_table(rows)
+            atomic_write_json(run_dir / "rollouts/trd-table.json", table)
+            atomic_write_text(run_dir / "rollouts/trd-table.md", refinement_table_markdown(table))
+            console.print(refinement_table_markdown(table))
+        return rows
+
+    def sample_dataset(self, problems: list[Problem]) -> list[dict]:
+        """Stages 1-2 in chunks (this process's share, then gathered), with progress on stderr."""
+        mine = problems[self.ctx.rank :: self.ctx.world]
+        size = self.cfg.trd.refine_batch_size or self.cfg.sampling.batch_size
+        rows: list[dict] = []
+        for chunk, start in enumerate(range(0, len(mine), size)):
+            rows += self.stage12(mine[start : start + size], step=OFFLINE_STEP + chunk)
+            if self.ctx.rank == 0:
+                console.print(f"TRD stages 1-2: {min(start + size, len(mine))}/{len(mine)} problems")
+        order = {p.id: i for i, p in enumerate(problems)}
+        return sorted(_gather(rows), key=lambda r: (order[r["problem_id"]], r["sample_index"]))
+
+    def manifest(self, problems: list[Problem]) -> dict:
+        c = self.cfg
+        ids = hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest()
+        return {"model": c.model.name, "teacher": c.teacher.name if c.teacher else None, "setting": c.setting,
+                "seed": c.seed, "lora": c.lora.model_dump(), "prompt": c.prompt.model_dump(),
+                "sampling": c.sampling.model_dump(exclude={"batch_size", "backend"}),
+                "refine_max_new_tokens": c.trd.refine_max_new_tokens, "problems": ids, "world": self.ctx.world}
+
+    # -- stage 3 ---------------------------------------------------------------------------------
+    def sequence(self, row: dict) -> TrainSequence | None:
+        target = choose_target(row, self.cfg.trd.fallback, self.cfg.outcome_filter)
+        if target is None:
+            return None
+        on_refined = target == "y_r"
+        meta = {"problem_id": row["problem_id"], "target": target, "finished": row[f"{target}_finished"],
+                "joint": joint_outcome(row["y_o_passed"], row["y_r_passed"])}
+        return TrainSequence(
+            student_prompt=list(row["prompt_ids"]),
+            response=list(row["y_r_ids"] if on_refined else row["y_o_ids"]),
+            # the refinement prompt only makes sense before y_r: a raw fallback gets the plain context
+            teacher_prompt=list(row["refine_prompt_ids"] if on_refined else row["teacher_prompt_ids"]),
+            passed=bool(row["y_o_passed"]),  # C.5 splits the KL by the stage-1 outcome
+            meta=meta,
+        )
+
+    def collect(self, items: list, step: int) -> StepResult:
+        rows = items
+        if items and isinstance(items[0], Problem):  # online: stages 1-2 now, with the current student
+            rows = self.stage12(items, step)
+            save_rows(rows, Path(self.ctx.run_dir or self.cfg.output_dir) / ONLINE_DIR
+                      / f"step-{step + 1:06d}-rank{self.ctx.rank}.parquet")
+        seqs = [s for s in map(self.sequence, rows) if s is not None]
+        return StepResult(seqs, trd_metrics(rows, seqs), rows)
+
+    def loss(self, seqs: list[TrainSequence], totals: dict) -> tuple[torch.Tensor, dict]:
+        batch = collate(seqs, self.ctx.pad_id)
+        hidden = self.hidden(batch)
+        weights, normalizer = self.token_weights(batch, hidden, totals)
+        loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
+        metrics = divergence_metrics(per_token.detach().cpu(), batch)
+        metrics.update(self.diagnostics(hidden, batch))
+        metrics.update(kl_by_outcome(per_token, batch.seq_index, [s.meta["joint"] for s in seqs], "kl/joint"))
+        metrics.update(kl_by_outcome(per_token, batch.seq_index, [s.meta["target"] for s in seqs], "kl/target"))
+        return loss, metrics
+
+
+def trd_metrics(rows: list[dict], seqs: list[TrainSequence]) -> dict[str, tuple[float, float]]:
+    """Per step, as (sum, count): stage-1 rollouts (the `rollout/*` names of OPD/OPSD), stage-2
+    refinements, joint outcomes and what stage 3 trains on."""
+    n = float(len(rows))
+    out = {
+        "rollout/pass_rate": (sum(bool(r["y_o_passed"]) for r in rows), n),
+        "rollout/response_len": (sum(r["y_o_tokens"] for r in rows), n),
+        "rollout/truncated": (sum(not r["y_o_finished"] for r in rows), n),
+        "rollout/kept": (float(len(seqs)), n),
+        "rollout/reflections": (sum(reflection_count(r["y_o"]) for r in rows), n),
+        "refine/pass_rate": (sum(bool(r["y_r_passed"]) for r in rows), n),
+        "refine/response_len": (sum(r["y_r_tokens"] for r in rows), n),
+        "refine/reflections": (sum(reflection_count(r["y_r"]) for r in rows), n),
+        "refine/echo_stripped": (sum(bool(r["echo_stripped"]) for r in rows), n),
+        "train/on_refined": (sum(s.meta["target"] == "y_r" for s in seqs), float(len(seqs))),
+        "train/response_len": (sum(len(s.response) for s in seqs), float(len(seqs))),
+    }
+    for status in STATUSES:
+        out[f"refine/{status}"] = (sum(r["refine_status"] == status for r in rows), n)
+    for joint in JOINT:
+        out[f"joint/{joint}"] = (sum(joint_outcome(r["y_o_passed"], r["y_r_passed"]) == joint for r in rows), n)
+    return {k: (float(s), c) for k, (s, c) in out.items()}
