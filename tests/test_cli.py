@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["train", "eval", "report"]
+COMMANDS = ["train", "eval", "report", "traces", "traces generate", "traces pairs", "traces import"]
 
 
 def run(*args):
@@ -15,7 +15,7 @@ def run(*args):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_subcommand_has_help(command):
-    out = run(command, "--help")
+    out = run(*command.split(), "--help")
     assert out.returncode == 0 and "Usage" in out.stdout
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -12,40 +9,15 @@ from typing import Optional
 import typer
 
 from trajdistill import UserError
+from trajdistill.cli_support import quiet_libraries, user_errors
+from trajdistill.traces_cli import traces_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil reasoning into language models from trajectories.")
 
+app.add_typer(traces_app, name="traces")
+
 Overrides = typer.Option(None, "--set", "-s", help="Override a config field: --set optim.lr=1e-5 (repeatable).")
-
-
-def user_errors(fn):
-    """User mistakes end as one line on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def _quiet_libraries() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 @app.command()
@@ -59,7 +31,7 @@ def train(
     """Train with any method (opd, opsd, trd, renio, topd, sft, redi, dpo, simpo)."""
     from trajdistill.config import load_config
 
-    _quiet_libraries()
+    quiet_libraries()
     sets = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
     cfg = load_config(config, sets)
     from trajdistill.train.run import train_command
@@ -90,7 +62,7 @@ def eval_cmd(
     from trajdistill.models import load_model, load_tokenizer
     from trajdistill.verify import AutoVerifier
 
-    _quiet_libraries()
+    quiet_libraries()
     cfg = load_config(config) if config else load_config(None)
     problems = load_problems(data, fields=cfg.data.fields or None)
     if split != "all":
