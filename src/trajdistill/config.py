@@ -138,30 +138,63 @@ class CheckpointSpec(Section):
 
 
 class TRDSpec(Section):
+    """TRD (seed 003): stage 1 samples y_o with `sampling`, stage 2 refines it into y_r, stage 3
+    distils with the `loss` divergence along y_r (teacher context: the refinement prompt)."""
+
     mode: Literal["offline", "online"] = "offline"
+    """offline: stages 1-2 once over the whole training set before training (the paper's
+    single-update pipeline); online: refine each step's fresh rollouts."""
     fallback: Literal["raw", "drop"] = "raw"
-    """What to do with an unusable refinement: train on the raw rollout y_o, or drop it."""
+    """What to do with an unusable refinement (empty, truncated at the budget, or not in the answer
+    format): train on the raw rollout y_o (teacher context: the plain OPD/OPSD one), or drop it."""
     dataset: str | None = None
-    """Restart from a saved stage-1/2 dataset instead of sampling."""
+    """Restart from a saved stage-1/2 dataset (parquet file or folder) instead of sampling."""
+    refine_max_new_tokens: int | None = Field(None, ge=1)
+    """Stage-2 response budget; None: `sampling.max_new_tokens`."""
+    refine_batch_size: int | None = Field(None, ge=1)
+    """Offline mode: problems per stage-1/2 chunk; None: `sampling.batch_size`."""
+    diagnostics: bool = True
+    """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
+    teacher/student perplexity gap) in every on-policy method, baselines included."""
 
 
 class RenioSpec(Section):
+    """ReNIO sample weights (seed 000; methods.md). Presets renio-opd / renio-opsd set C and delta."""
+
     ratio_cap: float = 2.0
+    """C: cap on the log-ratio r_t = min(log p_S(y_t) - log p_T(y_t), C). Authors: OPD 2.0, OPSD 2.5."""
     threshold: float = 1.0
-    tau: float = 1.0
-    weight_cap: float = 10.0
+    """delta: pivotal tokens have r_t >= delta. Authors: OPD 1.0, OPSD 0.8."""
+    tau: float = Field(1.0, gt=0.0)
+    """tau_w in w_i = exp(s_i / tau_w)."""
+    weight_cap: float = Field(10.0, gt=0.0)
+    """Cap on the normalised weight (applied after normalising, as the authors do)."""
     normalize: Literal["batch", "micro"] = "batch"
+    """batch: divide by the mean raw weight over the whole optimisation batch, across processes
+    and micro-batches (ours); micro: within each micro-batch on each device (the authors' code)."""
 
 
 class TopdSpec(Section):
+    """TOPD (seed 002): our formulation, no public code; every value below is our choice (methods.md)."""
+
     filter: bool = True
-    quantile: float = 0.2
-    window: int = 8
-    rho: float = 1.0
+    """Near-future filter: drop high-loss tokens whose near future is not divergent."""
+    quantile: float = Field(0.2, gt=0.0, le=1.0)
+    """q: high-loss tokens are the top q fraction of D_t over the step's response tokens."""
+    window: int = Field(8, ge=1)
+    """K: near-future window F_t = mean D_{t+1..t+K} (same rollout)."""
+    rho: float = Field(1.0, ge=0.0)
+    """A high-loss token is kept iff F_t >= rho * mean D."""
     guidance: bool = False
-    max_branches: int = 2
-    horizon: int = 16
-    guidance_weight: float = 1.0
+    """Near-future guidance: the teacher continues the student's prefix at kept divergent tokens."""
+    max_branches: int = Field(2, ge=1)
+    """m: guidance branches per rollout, at its largest kept high-loss D_t."""
+    horizon: int = Field(16, ge=1)
+    """H: tokens the teacher continues for."""
+    guidance_weight: float = Field(1.0, ge=0.0)
+    """lambda_g: weight of the guidance term (its own token mean)."""
+    guidance_temperature: float = Field(0.0, ge=0.0)
+    """Teacher sampling temperature for the continuation; 0 = greedy."""
 
 
 class OfflineSpec(Section):

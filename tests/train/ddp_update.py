@@ -61,6 +61,9 @@ def main(out: str, aggregation: str) -> None:
         state.update({f"grad0.{k}": v for k, v in grads.items() if k.startswith("step0.")})
         state["loss"] = torch.tensor(losses, dtype=torch.float64)
         save_file(state, out)
+    if accelerator:  # a clean teardown: a rank exiting while gloo threads run aborts the process
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from trajdistill import UserError
 REGISTRY: dict[str, tuple[str, str]] = {
     "opd": ("trajdistill.methods.onpolicy", "OnPolicyDistillation"),
     "opsd": ("trajdistill.methods.onpolicy", "OnPolicyDistillation"),
+    "trd": ("trajdistill.methods.trd", "TrajectoryRefinedDistillation"),
+    "renio": ("trajdistill.methods.renio", "ReNIO"),
+    "topd": ("trajdistill.methods.topd", "TOPD"),
     "sft": ("trajdistill.methods.offline", "SFT"),
     "redi": ("trajdistill.methods.offline", "REDI"),
     "dpo": ("trajdistill.methods.offline", "DPO"),

@@ -164,4 +164,5 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
                           f"{elapsed / 60:.1f} min\n{table}")
     if accelerator:
         accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()  # exiting with live gloo threads aborts
     return summaries
