@@ -326,8 +326,12 @@ def _bwrap_command(argv: list[str], staging: str, limits: Limits, uid: int | Non
             cmd += ["--ro-bind", "/" + link, "/" + link]
     for path in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/alternatives"):
         cmd += ["--ro-bind-try", path, path]
+    # The private /tmp comes before the Python mounts: a later tmpfs would hide a venv under /tmp.
+    cmd += ["--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(limits.disk_bytes), "--tmpfs", "/tmp",
+            "--perms", "0777", "--size", str(limits.disk_bytes), "--tmpfs", "/sandbox"]
     mounts = _python_mounts()
-    made: set[str] = set()
+    made: set[str] = {"/tmp", "/sandbox", "/proc", "/dev"}  # exist already, with their own modes
     for mount in mounts:  # bwrap makes missing parents 0700 root: the job's uid could not enter
         parts = mount.strip("/").split("/")[:-1]
         for i in range(1, len(parts) + 1):
@@ -337,10 +341,7 @@ def _bwrap_command(argv: list[str], staging: str, limits: Limits, uid: int | Non
                 cmd += ["--perms", "0755", "--dir", parent]
     for mount in mounts:
         cmd += ["--ro-bind", mount, mount]
-    cmd += ["--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(limits.disk_bytes), "--tmpfs", "/tmp",
-            "--perms", "0777", "--size", str(limits.disk_bytes), "--tmpfs", "/sandbox",
-            "--ro-bind", staging, "/harness", "--chdir", "/sandbox", "--"]
+    cmd += ["--ro-bind", staging, "/harness", "--chdir", "/sandbox", "--"]
     return cmd + _limit_command(limits) + _drop_privileges(uid) + argv
 
 
