@@ -3,21 +3,12 @@
 import json
 
 import pytest
-import torch
 
 from trajdistill import UserError
 from trajdistill.data.traces import TraceSettings, generate_traces, read_rows
 from trajdistill.records import Problem, Verdict
 from trajdistill.rollout import make_sampler
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run ~40x slower with 2 threads on a busy 2-core machine (OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def problems(k=5):

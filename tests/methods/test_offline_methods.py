@@ -12,14 +12,6 @@ from trajdistill.config import load_config
 from trajdistill.train.optim import build_optimizer
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run ~40x slower with 2 threads on a busy 2-core machine (OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 PAIRS = [
     {"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5. \\boxed{5}", "rejected": "2 + 3 = 6. \\boxed{6}"},
     {"prompt": "What is 4 * 2?", "chosen": "4 * 2 = 8. \\boxed{8}", "rejected": "I think it is \\boxed{6}"},

@@ -15,14 +15,6 @@ from trajdistill.train.optim import build_optimizer
 from trajdistill.weighting import renio_sample_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on two shared cores run several times slower than one; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def problems(n=4):
     return [Problem(id=f"p{i}", prompt=f"What is {i} + {i + 1}?", answer=str(2 * i + 1),

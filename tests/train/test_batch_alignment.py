@@ -1,4 +1,3 @@
-import torch
 
 from trajdistill.train.batch import TrainSequence, collate
 
