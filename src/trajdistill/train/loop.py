@@ -203,8 +203,10 @@ class Trainer:
                 if self.rank == 0:
                     append_jsonl(self.metrics_path, metrics)
                 history.append(metrics)
-                bar.update(task, advance=1, info=f"loss {metrics['loss']:.4f} kl {metrics.get('kl/mean', float('nan')):.4f} "
-                                                 f"pass {metrics.get('rollout/pass_rate', float('nan')):.2f}")
+                shown = [("loss", "loss"), ("kl", "kl/mean"), ("pass", "rollout/pass_rate"),
+                         ("margin", "logp/margin")]
+                bar.update(task, advance=1, info=" ".join(f"{label} {metrics[key]:.4f}" for label, key in shown
+                                                          if key in metrics))
                 done = step + 1
                 every = self.cfg.eval.every
                 if self.evaluate and every and done % every == 0 and done < self.total_steps:
