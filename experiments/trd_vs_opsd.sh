@@ -3,6 +3,9 @@
 #
 #   nice -n 5 experiments/trd_vs_opsd.sh            # SmolLM2-135M-Instruct, builtin:arith-mix
 #   TRAIN=128 EVAL=64 experiments/trd_vs_opsd.sh    # bigger (slower) run
+#   EXTRA="--set trd.dataset=runs/trd-refinement-table/rollouts/trd.parquet" TOKENS=160 \
+#       experiments/trd_vs_opsd.sh                  # TRD reuses experiments/trd_refinement_table.py's
+#                                                   # stages 1-2 (its y_o were sampled with budget 160)
 #
 # Equal compute means: the same training problems seen in the same order, the same number of
 # updates with the same batch (problems per step, n = 1 rollout each), the same optimiser and LoRA,
@@ -33,8 +36,10 @@ read -ra EXTRA <<< "${EXTRA:-}"   # more overrides for both runs, e.g. EXTRA="--
 COMMON+=("${EXTRA[@]}")
 
 # The base model is evaluated once (TRD's run); the report's "base" row comes from it.
-"$TD" train configs/trd-opsd.yaml "${COMMON[@]}" -o "$OUT/trd"
-"$TD" train configs/opsd-forward-kl.yaml "${COMMON[@]}" --set eval.before=false -o "$OUT/opsd-forward-kl"
+if [ "${REPORT_ONLY:-0}" != 1 ]; then   # REPORT_ONLY=1: only rebuild the report of finished runs
+  "$TD" train configs/trd-opsd.yaml "${COMMON[@]}" -o "$OUT/trd"
+  "$TD" train configs/opsd-forward-kl.yaml "${COMMON[@]}" --set eval.before=false -o "$OUT/opsd-forward-kl"
+fi
 "$TD" report "$OUT/trd" "$OUT/opsd-forward-kl" -o "$OUT/report" \
     --title "TRD vs forward-KL OPSD (SmolLM2-135M-Instruct, arith-mix, equal compute)" > /dev/null
 

@@ -249,6 +249,11 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
         return kept
 
     def offline_rows(self, problems: list[Problem]) -> list[dict]:
+        """A saved dataset (`trd.dataset`), this run's own earlier pass, or a fresh one; the
+        refinement table of the rows used is written to `rollouts/trd-table.{md,json}`."""
+        run_dir = Path(self.ctx.run_dir or self.cfg.output_dir)
+        path, manifest = run_dir / OFFLINE_FILE, self.manifest(problems)
+        manifest_path = path.with_suffix(".json")
         if self.cfg.trd.dataset:
             rows = load_rows(self.cfg.trd.dataset)
             train_ids = {p.id for p in problems}
@@ -256,18 +261,17 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
             if self.ctx.rank == 0 and len(usable) < len(rows):
                 console.print(f"trd.dataset: ignoring {len(rows) - len(usable)} rows whose problem is not "
                               "in the training split")
-            return usable
-        run_dir = Path(self.ctx.run_dir or self.cfg.output_dir)
-        path, manifest = run_dir / OFFLINE_FILE, self.manifest(problems)
-        manifest_path = path.with_suffix(".json")
-        if path.is_file() and manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
+            rows = usable
+        elif path.is_file() and manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
             if self.ctx.rank == 0:
                 console.print(f"TRD: reusing stages 1-2 from {path} (same model, settings and problems)")
-            return load_rows(path)
-        rows = self.sample_dataset(problems)
+            rows = load_rows(path)
+        else:
+            rows = self.sample_dataset(problems)
+            if self.ctx.rank == 0:
+                save_rows(rows, path)
+                atomic_write_json(manifest_path, manifest)
         if self.ctx.rank == 0:
-            save_rows(rows, path)
-            atomic_write_json(manifest_path, manifest)
             table = refinement_table(rows)
             atomic_write_json(run_dir / "rollouts/trd-table.json", table)
             atomic_write_text(run_dir / "rollouts/trd-table.md", refinement_table_markdown(table))
