@@ -149,9 +149,9 @@ def test_no_hostile_program_passes_and_the_host_is_clean(corpus_verdicts):
     assert not [v for v, c in zip(verdicts, CORPUS) if v.passed and c[3] != "passed"]
     assert elapsed < 45
     deadline = time.monotonic() + 3
-    while _sandbox_processes() and time.monotonic() < deadline:
+    while sandbox.live_sandbox_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _sandbox_processes() == []
+    assert sandbox.live_sandbox_processes() == []
     leftovers = {n for n in set(os.listdir("/tmp")) - tmp_before if n.startswith("trajdistill-sandbox-")}
     assert leftovers == set()
 
@@ -175,14 +175,3 @@ def test_the_same_correct_program_passes_both_styles():
     assert check_program("a, b = map(int, input().split())\nprint(a + b)\n", ADD_IO, FAST).passed
 
 
-def _sandbox_processes() -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                uid = os.stat(f"/proc/{entry}").st_uid
-            except OSError:
-                continue
-            if sandbox.SANDBOX_UID_BASE <= uid < sandbox.SANDBOX_UID_BASE + sandbox.SANDBOX_UID_COUNT:
-                found.append(int(entry))
-    return found

@@ -35,23 +35,11 @@ def run(code: str, limits: Limits = FAST, stdin: bytes = b""):
                    limits)
 
 
-def sandbox_processes() -> list[int]:
-    """Live processes running under a sandbox uid (there must be none between runs)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                uid = os.stat(f"/proc/{entry}").st_uid
-            except OSError:
-                continue
-            if sandbox.SANDBOX_UID_BASE <= uid < sandbox.SANDBOX_UID_BASE + sandbox.SANDBOX_UID_COUNT:
-                found.append(int(entry))
-    return found
 
 
 def wait_no_sandbox_processes(seconds: float = 3.0) -> list[int]:
     deadline = time.monotonic() + seconds
-    while (left := sandbox_processes()) and time.monotonic() < deadline:
+    while (left := sandbox.live_sandbox_processes()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
@@ -145,7 +133,7 @@ def test_killing_the_parent_or_everything_hurts_no_one_else():
 
 
 def test_children_left_behind_are_killed():
-    before = set(sandbox_processes())
+    before = set(sandbox.live_sandbox_processes())
     res = run("""
         import os, time, subprocess, sys
         if os.fork() == 0:           # a daemon: new session, double fork, ignores SIGHUP/TERM

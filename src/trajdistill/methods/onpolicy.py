@@ -141,7 +141,12 @@ class OnPolicyDistillation:
         loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
         metrics = divergence_metrics(per_token.detach().cpu(), batch)
         metrics.update(self.diagnostics(hidden, batch))
+        metrics.update(self.extra_metrics(per_token, batch, seqs))
         return loss, metrics
+
+    def extra_metrics(self, per_token: torch.Tensor, batch: ScoredBatch, seqs: list[TrainSequence]) -> dict:
+        """Method-specific per-step metrics as (sum, count) pairs; none here."""
+        return {}
 
     def diagnostics(self, hidden: Hidden, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
         """Seed 003's training diagnostics (C.5), `diag/*`: teacher mass on epistemic onset tokens,

@@ -33,13 +33,13 @@ from trajdistill.eval.diagnostics import kl_by_outcome
 from trajdistill.eval.runner import reflection_count
 from trajdistill.io import atomic_write_json, atomic_write_text
 from trajdistill.methods.base import StepResult
-from trajdistill.methods.onpolicy import OnPolicyDistillation, divergence_metrics
+from trajdistill.methods.onpolicy import OnPolicyDistillation
 from trajdistill.methods.trd_prompts import initial_instruction, refinement_text, strip_echo, task_of
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_prompt
 from trajdistill.rollout.prompts import chat_ids
 from trajdistill.teacher import AdapterOffTeacher
-from trajdistill.train.batch import TrainSequence, collate
+from trajdistill.train.batch import TrainSequence
 
 console = Console(stderr=True)
 
@@ -324,16 +324,11 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
         seqs = [s for s in map(self.sequence, rows) if s is not None]
         return StepResult(seqs, trd_metrics(rows, seqs), rows)
 
-    def loss(self, seqs: list[TrainSequence], totals: dict) -> tuple[torch.Tensor, dict]:
-        batch = collate(seqs, self.ctx.pad_id)
-        hidden = self.hidden(batch)
-        weights, normalizer = self.token_weights(batch, hidden, totals)
-        loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
-        metrics = divergence_metrics(per_token.detach().cpu(), batch)
-        metrics.update(self.diagnostics(hidden, batch))
-        metrics.update(kl_by_outcome(per_token, batch.seq_index, [s.meta["joint"] for s in seqs], "kl/joint"))
+    def extra_metrics(self, per_token, batch, seqs: list[TrainSequence]) -> dict:
+        """KL split by the joint (y_o, y_r) outcome and by the outcome of the trained trajectory."""
+        metrics = kl_by_outcome(per_token, batch.seq_index, [s.meta["joint"] for s in seqs], "kl/joint")
         metrics.update(kl_by_outcome(per_token, batch.seq_index, [s.meta["target"] for s in seqs], "kl/target"))
-        return loss, metrics
+        return metrics
 
 
 def trd_metrics(rows: list[dict], seqs: list[TrainSequence]) -> dict[str, tuple[float, float]]:

@@ -371,6 +371,20 @@ def _python_mounts() -> list[str]:
     return sorted(r for r in roots if not any(r != o and r.startswith(o + "/") for o in roots))
 
 
+def live_sandbox_processes() -> list[int]:
+    """PIDs of live processes running under a sandbox uid (there must be none between jobs)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                uid = os.stat(f"/proc/{entry}").st_uid
+            except OSError:
+                continue
+            if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT:
+                found.append(int(entry))
+    return found
+
+
 def _count_processes_of(uid: int) -> int:
     count = 0
     for entry in os.listdir("/proc"):
