@@ -263,6 +263,8 @@ class RunConfig(Section):
     def _teacher_matches_setting(self) -> "RunConfig":
         if self.setting == "opd" and self.method in ("opd", "trd", "renio", "topd") and self.teacher is None:
             raise ValueError(f"method {self.method} in the opd setting needs a `teacher` model")
+        if self.outcome_filter == "fail_to_pass" and self.method != "trd":
+            raise ValueError("outcome_filter fail_to_pass needs a refined trajectory: only method trd has one")
         return self
 
 

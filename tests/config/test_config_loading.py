@@ -45,6 +45,12 @@ def test_opd_requires_a_teacher():
         load_config(None, ["method=opd"])
 
 
+def test_fail_to_pass_filter_is_only_for_trd():
+    with pytest.raises(UserError, match="outcome_filter.*trd"):
+        load_config(None, ["outcome_filter=fail_to_pass"])
+    assert load_config(None, ["method=trd", "outcome_filter=fail_to_pass"]).outcome_filter == "fail_to_pass"
+
+
 def test_every_shipped_preset_validates():
     from pathlib import Path
 

@@ -8,6 +8,7 @@ from itertools import combinations
 import pytest
 
 from trajdistill.eval.metrics import avg_at_k, mean_se, pass_at_k, summarize
+from trajdistill.eval.runner import paired_change, summary_markdown
 from trajdistill.records import Verdict
 
 
@@ -70,3 +71,35 @@ def test_summarize_averages_over_problems_with_standard_errors():
         summarize(counts, n, [5])
     with pytest.raises(ValueError):
         summarize([5], n, [1])
+
+
+def _summary(greedy: list[int], correct: list[int], n: int = 4) -> dict:
+    ids = [f"p{i}" for i in range(len(greedy))]
+    per_problem = {i: {"greedy": g, "correct": c} for i, g, c in zip(ids, greedy, correct)}
+    return {"label": "x", "problems": len(ids), "n": n, "k": [1, n], "per_problem": per_problem,
+            "greedy": {"mean": sum(greedy) / len(greedy), "se": 0.0},
+            f"avg@{n}": {"mean": sum(correct) / (n * len(correct)), "se": 0.0},
+            "pass@1": {"mean": 0.0, "se": 0.0}, f"pass@{n}": {"mean": 0.0, "se": 0.0},
+            "response_tokens": {"mean": 10.0, "se": 0.0}}
+
+
+def test_paired_change_is_mean_and_se_of_per_problem_differences():
+    before = _summary([0, 1, 0, 0, 1], [0, 2, 1, 0, 4])
+    after = _summary([1, 1, 0, 1, 0], [2, 2, 1, 3, 4])
+    diffs = [1, 0, 0, 1, -1]
+    mean = sum(diffs) / 5
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 4 / 5)
+    change = paired_change(before, after, "greedy")
+    assert (change["mean"], change["se"]) == pytest.approx((mean, se))
+    avg = paired_change(before, after, "avg@4")
+    assert avg["mean"] == pytest.approx(sum([2, 0, 0, 3, 0]) / 4 / 5)
+    pass4 = paired_change(before, after, "pass@4")  # pass@4 with n = 4 is "any correct"
+    assert pass4["mean"] == pytest.approx((1 + 0 + 0 + 1 + 0) / 5)
+    table = summary_markdown([before, after])
+    assert f"| change (paired) | 5 | {100 * mean:+.1f} ± {100 * se:.1f} |" in table
+
+
+def test_paired_change_refuses_different_problem_sets():
+    before, after = _summary([0, 1], [0, 1]), _summary([1, 1, 0], [1, 1, 0])
+    assert paired_change(before, after, "greedy") is None
+    assert "change (paired)" not in summary_markdown([before, after])

@@ -63,12 +63,17 @@ def evaluate(
                          "tokens": len(r.response_ids), "finished": r.finished})
         return grouped
 
+    per_problem: dict[str, dict] = {i: {} for i in ids}
     if spec.greedy:
         greedy = run(SamplingParams(n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens), "greedy")
         summary["greedy"] = _stat([float(g[0].verdict.passed) for g in greedy.values()])
+        for i, g in greedy.items():
+            per_problem[i]["greedy"] = int(g[0].verdict.passed)
     sampled = run(SamplingParams(n=n, temperature=spec.temperature, top_p=spec.top_p,
                                  max_new_tokens=spec.max_new_tokens, seed=spec.seed), "sampled")
     correct = [sum(r.verdict.passed for r in g) for g in sampled.values()]
+    for i, c in zip(sampled, correct):
+        per_problem[i]["correct"] = c
     summary[f"avg@{n}"] = _stat([c / n for c in correct])
     for k in spec.k:
         summary[f"pass@{k}"] = _stat([pass_at_k(n, c, k) for c in correct])
@@ -78,6 +83,7 @@ def evaluate(
     total_tokens = sum(len(r.response_ids) for r in all_sampled) or 1
     summary["reflections_per_1k_tokens"] = 1000.0 * sum(reflection_count(r.text) for r in all_sampled) / total_tokens
     summary["truncated"] = sum(not r.finished for r in all_sampled) / max(1, len(all_sampled))
+    summary["per_problem"] = per_problem  # for paired before/after differences
     if out_dir is not None:
         out_dir = Path(out_dir)
         atomic_write_jsonl(out_dir / f"{label}.samples.jsonl", rows)
@@ -97,12 +103,48 @@ def fmt(stat: dict | None, scale: float = 100.0) -> str:
     return f"{scale * stat['mean']:.1f} ± {scale * stat['se']:.1f}"
 
 
+def _per_problem_values(summary: dict, column: str) -> dict[str, float]:
+    per_problem, n = summary.get("per_problem") or {}, summary["n"]
+    if column == "greedy":
+        return {i: float(v["greedy"]) for i, v in per_problem.items() if "greedy" in v}
+    if column.startswith("avg@"):
+        return {i: v["correct"] / n for i, v in per_problem.items()}
+    k = int(column.split("@")[1])
+    return {i: pass_at_k(n, v["correct"], k) for i, v in per_problem.items()}
+
+
+def paired_change(before: dict, after: dict, column: str) -> dict | None:
+    """Mean per-problem change after - before with the standard error of the paired differences.
+
+    Both evaluations score the same problems, so the difference's error is far smaller than the two
+    unpaired errors combined; None when the two summaries do not cover the same problems.
+    """
+    a, b = _per_problem_values(before, column), _per_problem_values(after, column)
+    if not a or a.keys() != b.keys() or before["n"] != after["n"]:
+        return None
+    return _stat([b[i] - a[i] for i in a])
+
+
+def _signed(stat: dict | None) -> str:
+    return "-" if stat is None else f"{100 * stat['mean']:+.1f} ± {100 * stat['se']:.1f}"
+
+
 def summary_markdown(summaries: list[dict]) -> str:
-    """One row per summary, accuracy columns in percent with standard errors."""
+    """One row per summary, accuracy columns in percent with standard errors.
+
+    For exactly two summaries of the same problems (before/after), a last row gives the paired
+    change per column: mean of the per-problem differences ± their standard error.
+    """
     cols = metric_columns(summaries[0])
     lines = ["| run | problems | " + " | ".join(cols) + " | tokens |", "|---" * (len(cols) + 3) + "|"]
     for s in summaries:
         cells = [fmt(s.get(c)) for c in cols]
         lines.append(f"| {s['label']} | {s['problems']} | " + " | ".join(cells) +
                      f" | {s['response_tokens']['mean']:.0f} |")
+    if len(summaries) == 2:
+        changes = [paired_change(summaries[0], summaries[1], c) for c in cols]
+        if all(c is not None for c in changes):
+            tokens = summaries[1]["response_tokens"]["mean"] - summaries[0]["response_tokens"]["mean"]
+            lines.append(f"| change (paired) | {summaries[0]['problems']} | " +
+                         " | ".join(_signed(c) for c in changes) + f" | {tokens:+.0f} |")
     return "\n".join(lines) + "\n"
