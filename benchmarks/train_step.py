@@ -9,7 +9,7 @@ top-k / top-p, forward KL (TRL: `beta=0`; ours: `loss.divergence=forward_kl`), A
 - ours: `configs/opsd-forward-kl.yaml` through `trajdistill.train.run.build` and
   `Trainer.train_step` (HF sampling, verification, the adapter-off teacher on the privileged
   prompt, the chunked divergence from hidden states, the AdamW step). The preset logs TRD's C.5
-  diagnostics (`trd.diagnostics`, on by default); an extra row times the same step with them off.
+  diagnostics (`diagnostics`, on by default); an extra row times the same step with them off.
 - TRL:  `trl.experimental.gkd.GKDTrainer.train()` with `lmbda=1.0, beta=0.0, temperature=1.0`, the
   same student + `peft_config`, and a second copy of SmolLM2 as teacher (GKD has no adapter-off
   teacher). `bf16` and `gradient_checkpointing` (on by default in TRL's SFTConfig) are turned off
@@ -182,7 +182,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per side, after one warm-up step")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-diag-row", action="store_true",
-                    help="skip the extra 'ours, trd.diagnostics off' step per round")
+                    help="skip the extra 'ours, diagnostics off' step per round")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -211,7 +211,7 @@ def main() -> None:
     trl_rec: list[dict] = []
 
     def ours_step(step: int, diagnostics: bool) -> dict:
-        cfg.trd.diagnostics = diagnostics
+        cfg.diagnostics = diagnostics
         torch.set_num_threads(args.threads)
         cpu0, started = cpu_seconds(), time.perf_counter()
         m = ours.train_step(step)
@@ -261,9 +261,9 @@ def main() -> None:
     expected = args.batch * args.tokens
     peak = max(peak_before[0], peak_after[0])
     peak_cpu = max(peak_before[2], peak_after[2])
-    sides = [("ours: OPSD (preset, trd.diagnostics on)", ours_rec[1:]), ("TRL GKDTrainer (lmbda=1, beta=0)", trl_rec[1:])]
+    sides = [("ours: OPSD (preset, diagnostics on)", ours_rec[1:]), ("TRL GKDTrainer (lmbda=1, beta=0)", trl_rec[1:])]
     if nodiag_rec:
-        sides.insert(1, ("ours: OPSD, trd.diagnostics off", nodiag_rec[1:]))
+        sides.insert(1, ("ours: OPSD, diagnostics off", nodiag_rec[1:]))
 
     def summary(rec: list[dict]) -> dict:
         med = lambda key: statistics.median(r[key] for r in rec)  # noqa: E731

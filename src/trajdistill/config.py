@@ -153,9 +153,6 @@ class TRDSpec(Section):
     """Stage-2 response budget; None: `sampling.max_new_tokens`."""
     refine_batch_size: int | None = Field(None, ge=1)
     """Offline mode: problems per stage-1/2 chunk; None: `sampling.batch_size`."""
-    diagnostics: bool = True
-    """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
-    teacher/student perplexity gap) in every on-policy method, baselines included."""
 
 
 class RenioSpec(Section):
@@ -246,6 +243,9 @@ class RunConfig(Section):
     off_policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
     """GKD-style share of rollouts replaced by the data set's reference solution (0: on-policy)."""
     outcome_filter: Literal["all", "incorrect", "correct", "fail_to_pass"] = "all"
+    diagnostics: bool = True
+    """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
+    teacher/student perplexity gap) in every on-policy method, baselines included."""
     trd: TRDSpec = Field(default_factory=TRDSpec)
     renio: RenioSpec = Field(default_factory=RenioSpec)
     topd: TopdSpec = Field(default_factory=TopdSpec)

@@ -150,8 +150,8 @@ class OnPolicyDistillation:
 
     def diagnostics(self, hidden: Hidden, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
         """Seed 003's training diagnostics (C.5), `diag/*`: teacher mass on epistemic onset tokens,
-        teacher/student NLL and their gap on the response mask (switch: `trd.diagnostics`)."""
-        if not self.cfg.trd.diagnostics:
+        teacher/student NLL and their gap on the response mask (switch: `diagnostics`)."""
+        if not self.cfg.diagnostics:
             return {}
         from trajdistill.eval.diagnostics import training_diagnostics
 
