@@ -10,7 +10,8 @@
 5. report: held-out greedy, Avg@k and Pass@k with standard errors, plus training curves.
 
 Every stage is skipped when its output exists, so an interrupted comparison resumes. Extra
-`--set key=value` overrides go to every training run (e.g. --set optim.lr=5e-5).
+`--set key=value` overrides go to every stage, traces included (e.g. --set optim.lr=5e-5, or the
+demo's prompt: --set 'prompt.instruction=Put your final answer within \\boxed{}.').
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def main() -> None:
 
     out = Path(args.out)
     common = [f"data.max_eval={args.eval}", f"sampling.max_new_tokens={args.max_new_tokens}",
-              f"sampling.n={args.n}", "sampling.batch_size=64", f"eval.max_new_tokens={args.max_new_tokens}"]
+              f"sampling.n={args.n}", "sampling.batch_size=64", f"eval.max_new_tokens={args.max_new_tokens}",
+              *args.sets]
     traces = out / "traces"
     if not (traces / "traces.jsonl").exists():
         generate_command(load_config("configs/_offline.yaml", common), traces, max_problems=args.problems,
@@ -58,7 +60,7 @@ def main() -> None:
     runs = [out / "sft"]
     if not (runs[0] / "final" / "config.json").exists():
         train_command(load_config("configs/sft.yaml", common + [
-            f"offline.dataset={data / 'sft.jsonl'}", f"output_dir={runs[0]}", *args.sets]))
+            f"offline.dataset={data / 'sft.jsonl'}", f"output_dir={runs[0]}"]))
     for method in args.stage2.split(","):
         run = out / f"sft+{method}"
         runs.append(run)
@@ -66,7 +68,7 @@ def main() -> None:
             continue
         train_command(load_config(f"configs/{method}.yaml", common + [
             f"model.name={runs[0] / 'final'}", f"offline.dataset={data / 'pairs.jsonl'}", f"output_dir={run}",
-            "eval.before=false", *args.sets]))
+            "eval.before=false"]))
     report = build_report(runs, out / "report", "REDI vs DPO vs SimPO after SFT (SmolLM2-135M, arith-mix)")
     print(report.read_text())
 
