@@ -17,28 +17,21 @@
 #
 # Output: $OUT/report/report.md (held-out greedy, Avg@k, Pass@k with standard errors, training
 # curves), $OUT/summary.md (that table plus TRD's refinement table).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-TD=${TD:-.venv/bin/trajdistill}
 OUT=${OUT:-runs/trd-vs-opsd}
 TRAIN=${TRAIN:-64}          # training problems (one epoch of TRD = TRAIN / PER_STEP updates)
 EVAL=${EVAL:-32}            # held-out problems
 PER_STEP=${PER_STEP:-8}
 TOKENS=${TOKENS:-128}       # response budget for rollouts, refinements and evaluation
-STEPS=$(( (TRAIN + PER_STEP - 1) / PER_STEP ))
-
-COMMON=(--set data.max_train="$TRAIN" --set data.max_eval="$EVAL" --set seed=0
-        --set sampling.n=1 --set sampling.temperature=0.6 --set sampling.top_p=0.95 --set sampling.top_k=20
-        --set sampling.max_new_tokens="$TOKENS" --set optim.problems_per_step="$PER_STEP"
-        --set optim.steps="$STEPS" --set optim.epochs=null
-        --set "eval.k=[1,4]" --set eval.max_new_tokens="$TOKENS")
+STEPS=$(( (TRAIN + PER_STEP - 1) / PER_STEP )) PROBLEMS=$PER_STEP N=1 K="[1,4]"
 read -ra EXTRA <<< "${EXTRA:-}"   # more overrides for both runs, e.g. EXTRA="--set model.name=DIR"
-COMMON+=("${EXTRA[@]}")
+source "$(dirname "$0")/common.sh" "${EXTRA[@]}"   # the demo's prompts unless PROMPT=preset
+COMMON+=(--set data.max_train="$TRAIN" --set optim.epochs=null --set sampling.temperature=0.6
+         --set sampling.top_p=0.95 --set sampling.top_k=20)
 
 # The base model is evaluated once (TRD's run); the report's "base" row comes from it.
 if [ "${REPORT_ONLY:-0}" != 1 ]; then   # REPORT_ONLY=1: only rebuild the report of finished runs
-  "$TD" train configs/trd-opsd.yaml "${COMMON[@]}" -o "$OUT/trd"
-  "$TD" train configs/opsd-forward-kl.yaml "${COMMON[@]}" --set eval.before=false -o "$OUT/opsd-forward-kl"
+  nice -n 5 "$TD" train configs/trd-opsd.yaml "${COMMON[@]}" -o "$OUT/trd"
+  nice -n 5 "$TD" train configs/opsd-forward-kl.yaml "${COMMON[@]}" --set eval.before=false -o "$OUT/opsd-forward-kl"
 fi
 "$TD" report "$OUT/trd" "$OUT/opsd-forward-kl" -o "$OUT/report" \
     --title "TRD vs forward-KL OPSD (SmolLM2-135M-Instruct, arith-mix, equal compute)" > /dev/null
