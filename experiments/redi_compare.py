@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--eval", type=int, default=32, help="held-out problems evaluated")
     ap.add_argument("--stage2", default="redi,dpo,simpo")
-    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="override for every stage")
+    ap.add_argument("--stage2-set", dest="stage2_sets", action="append", default=[],
+                    help="override for the REDI / DPO / SimPO runs only (e.g. optim.lr=1e-4)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TORCH_THREADS", "1")),
                     help="torch threads (1 is far faster than 2 on a busy 2-core machine)")
     args = ap.parse_args()
@@ -68,7 +70,7 @@ def main() -> None:
             continue
         train_command(load_config(f"configs/{method}.yaml", common + [
             f"model.name={runs[0] / 'final'}", f"offline.dataset={data / 'pairs.jsonl'}", f"output_dir={run}",
-            "eval.before=false"]))
+            "eval.before=false", *args.stage2_sets]))
     report = build_report(runs, out / "report", "REDI vs DPO vs SimPO after SFT (SmolLM2-135M, arith-mix)")
     print(report.read_text())
 

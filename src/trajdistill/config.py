@@ -243,6 +243,11 @@ class RunConfig(Section):
     off_policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
     """GKD-style share of rollouts replaced by the data set's reference solution (0: on-policy)."""
     outcome_filter: Literal["all", "incorrect", "correct", "fail_to_pass"] = "all"
+    drop_truncated: bool = False
+    """Leave out rollouts that hit `sampling.max_new_tokens` without ending (DAPO's overlong
+    filtering). Along a cut-off rollout a small model is often repeating itself, and a teacher that
+    wants a properly ended answer keeps scoring "continue", so training on them teaches not to stop.
+    Off-policy (data set) responses always end and are never dropped."""
     diagnostics: bool = True
     """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
     teacher/student perplexity gap) in every on-policy method, baselines included."""

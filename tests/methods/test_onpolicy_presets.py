@@ -91,3 +91,22 @@ def test_outcome_filter_keeps_only_incorrect_rollouts(tmp_path, tiny_lm, tokeniz
     result = method.collect(problems(), step=0)
     assert {u.meta["problem_id"] for u in result.units} <= {"p2", "p3"}
     assert all(u.passed is False for u in result.units)
+
+
+def test_drop_truncated_trains_only_on_rollouts_that_ended(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
+    _, _, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
+    method.cfg.drop_truncated = True
+    result = method.collect(problems(), step=0)
+    cut = [r for r in result.rollouts if not r.finished]
+    assert cut, "a random tiny model with a 6-token budget should leave some rollouts unfinished"
+    assert len(result.units) == sum(1 for r in result.rollouts if r.finished and r.response_ids)
+    assert all(u.meta["finished"] for u in result.units)
+    assert result.metrics["rollout/kept"] == (len(result.units), len(result.rollouts))
+
+
+def test_drop_truncated_keeps_off_policy_references(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
+    _, _, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
+    method.cfg.drop_truncated, method.cfg.off_policy_fraction = True, 1.0
+    result = method.collect(problems(), step=0)
+    assert len(result.units) == len(result.rollouts) == 8  # 4 problems x n = 2, all replaced, all ended
+    assert all(r.meta.get("off_policy") and r.finished for r in result.rollouts)

@@ -82,10 +82,13 @@ class OnPolicyDistillation:
             ref = by_id[r.problem_id].reference
             if ref and torch.rand((), generator=gen).item() < frac:
                 r.response_ids = tok(ref, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                r.text, r.meta["off_policy"], r.logprobs = ref, True, None
+                r.text, r.meta["off_policy"], r.logprobs, r.finished = ref, True, None, True
 
     def keep(self, rollout: Rollout) -> bool:
-        """Outcome filter (ReNIO's controlled experiment): all, incorrect or correct only."""
+        """Outcome filter (ReNIO's controlled experiment): all, incorrect or correct only; and,
+        with `drop_truncated`, only rollouts that ended before the token budget."""
+        if self.cfg.drop_truncated and not rollout.finished:
+            return False
         mode = self.cfg.outcome_filter
         passed = bool(rollout.verdict and rollout.verdict.passed)
         return mode == "all" or (mode == "correct") == passed
