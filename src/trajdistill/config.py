@@ -270,6 +270,8 @@ class RunConfig(Section):
             raise ValueError(f"method {self.method} in the opd setting needs a `teacher` model")
         if self.outcome_filter == "fail_to_pass" and self.method != "trd":
             raise ValueError("outcome_filter fail_to_pass needs a refined trajectory: only method trd has one")
+        if self.drop_truncated and self.method == "trd":
+            raise ValueError("drop_truncated does not apply to trd: cut-off refinements follow `trd.fallback`")
         return self
 
 

@@ -59,3 +59,8 @@ def test_every_shipped_preset_validates():
     for p in presets:
         cfg = load_config(p)
         assert cfg.method in {"opd", "opsd", "trd", "renio", "topd", "sft", "redi", "dpo", "simpo"}
+
+
+def test_drop_truncated_is_refused_for_trd():
+    with pytest.raises(UserError, match="drop_truncated does not apply to trd"):
+        load_config("configs/trd-opsd.yaml", ["drop_truncated=true"])
