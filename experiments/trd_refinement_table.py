@@ -36,10 +36,10 @@ def main() -> None:
         table = refinement_table(load_rows(args.source))
         print(refinement_table_markdown(table))
         return
-    from trajdistill.cli import _quiet_libraries
+    from trajdistill.cli_support import quiet_libraries
     from trajdistill.train.run import build, load_run_problems
 
-    _quiet_libraries()
+    quiet_libraries()
     out = Path(args.out)
     cfg = load_config(args.config, [f"data.max_train={args.problems}", f"output_dir={out}", *args.sets])
     started = time.perf_counter()
