@@ -241,13 +241,17 @@ class RunConfig(Section):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     off_policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
-    """GKD-style share of rollouts replaced by the data set's reference solution (0: on-policy)."""
+    """GKD-style share of responses that do not come from the student (0: fully on-policy)."""
+    off_policy_source: Literal["reference", "teacher"] = "reference"
+    """Where that share comes from: the data set's reference solution, or a sample from the teacher
+    under its own context (OPSD: the privileged prompt; GKD's teacher-generated data). Either way the
+    student is trained along it under the student's prompt, token by token against the teacher."""
     outcome_filter: Literal["all", "incorrect", "correct", "fail_to_pass"] = "all"
     drop_truncated: bool = False
     """Leave out rollouts that hit `sampling.max_new_tokens` without ending (DAPO's overlong
     filtering). Along a cut-off rollout a small model is often repeating itself, and a teacher that
     wants a properly ended answer keeps scoring "continue", so training on them teaches not to stop.
-    Off-policy (data set) responses always end and are never dropped."""
+    Data set references always end; teacher samples cut at the budget are dropped like the student's."""
     diagnostics: bool = True
     """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
     teacher/student perplexity gap) in every on-policy method, baselines included."""

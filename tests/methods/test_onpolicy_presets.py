@@ -110,3 +110,64 @@ def test_drop_truncated_keeps_off_policy_references(tmp_path, tiny_lm, tokenizer
     result = method.collect(problems(), step=0)
     assert len(result.units) == len(result.rollouts) == 8  # 4 problems x n = 2, all replaced, all ended
     assert all(r.meta.get("off_policy") and r.finished for r in result.rollouts)
+
+
+class _CountingSampler:
+    """Wraps the run's sampler and records the prompts it was asked for."""
+
+    def __init__(self, inner):
+        self.inner, self.prompts = inner, []
+
+    def sample(self, prompts, params, ids):
+        self.prompts += [list(p) * params.n for p in prompts]
+        return self.inner.sample(prompts, params, ids)
+
+
+def test_off_policy_share_is_not_sampled_from_the_student(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
+    _, ctx, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
+    method.cfg.off_policy_fraction = 0.5
+    ctx.sampler = _CountingSampler(ctx.sampler)
+    rollouts = method.collect(problems(), step=3).rollouts
+    off = [r for r in rollouts if r.meta.get("off_policy")]
+    assert 0 < len(off) < len(rollouts) == 8
+    assert len(ctx.sampler.prompts) == len(rollouts) - len(off)  # only the student's share was sampled
+    # grouped by problem, sample indices 0..n-1 in order, as a plain on-policy step returns them
+    assert [(r.problem_id, r.meta["sample_index"]) for r in rollouts] == [(f"p{i}", j) for i in range(4) for j in range(2)]
+    for r in off:
+        reference = next(p.reference for p in problems() if p.id == r.problem_id)
+        assert r.text == reference and r.prompt_ids == method.student_prompt(next(p for p in problems() if p.id == r.problem_id))
+
+
+def test_teacher_source_samples_the_privileged_base_model(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
+    _, ctx, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
+    method.cfg.off_policy_fraction, method.cfg.off_policy_source = 1.0, "teacher"
+    method.cfg.sampling.temperature = 0.0  # greedy, so the expected tokens can be recomputed
+    with torch.no_grad():  # make the adapter matter: the student now differs from its base
+        for name, param in ctx.model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5 * torch.randn(param.shape, generator=torch.Generator().manual_seed(0)))
+    ctx.sampler = _CountingSampler(ctx.sampler)
+    rollouts = method.collect(problems(), step=0).rollouts
+    assert ctx.sampler.prompts == []  # nothing sampled from the student
+    assert len(rollouts) == 8 and all(r.meta["off_policy"] and r.logprobs is None for r in rollouts)
+    for r in rollouts:
+        problem = next(p for p in problems() if p.id == r.problem_id)
+        assert r.prompt_ids == method.student_prompt(problem)  # trained on as the student's response
+        teacher_ids = torch.tensor([method.teacher_prompt(problem)])
+        with ctx.model.disable_adapter():
+            out = ctx.model.generate(teacher_ids, attention_mask=torch.ones_like(teacher_ids), do_sample=False,
+                                     max_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
+        expected = out[0, teacher_ids.shape[1]:].tolist()
+        assert r.response_ids == expected[: len(r.response_ids)] and len(r.response_ids) > 0
+        with torch.no_grad():
+            student = ctx.model.generate(torch.tensor([r.prompt_ids]), do_sample=False, max_new_tokens=6,
+                                         attention_mask=torch.ones(1, len(r.prompt_ids), dtype=torch.long),
+                                         pad_token_id=tokenizer.pad_token_id)
+        assert student[0, len(r.prompt_ids):].tolist() != r.response_ids  # not the student's own answer
+
+
+def test_off_policy_source_is_validated(tmp_path):
+    from trajdistill import UserError
+
+    with pytest.raises((UserError, ValueError), match="off_policy_source"):
+        load_config(Path("configs/demo.yaml"), ["off_policy_source=dataset"])

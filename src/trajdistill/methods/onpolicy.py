@@ -12,6 +12,8 @@ student is trained along, which context the teacher sees, or which weights multi
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,7 @@ from trajdistill.methods.base import MethodContext, StepResult
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
+from trajdistill.teacher import AdapterOffTeacher
 from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
 from trajdistill.train.logprobs import token_logprobs
 
@@ -60,29 +63,74 @@ class OnPolicyDistillation:
                               + self.ctx.rank)
 
     def rollouts(self, problems: list[Problem], step: int) -> list[Rollout]:
-        prompts = [self.student_prompt(p) for p in problems]
+        """n responses per problem: the student's, except the off-policy share (GKD's mixing)."""
         if hasattr(self.ctx.sampler, "sync_weights"):  # engines holding their own copy (vLLM)
             self.ctx.sampler.sync_weights(self.ctx.model)
-        rollouts = self.ctx.sampler.sample(prompts, self.sampling_params(step), [p.id for p in problems])
-        self._mix_off_policy(rollouts, problems, step)
+        params = self.sampling_params(step)
+        off = self._off_policy_slots(problems, step)
+        if not off:
+            prompts = [self.student_prompt(p) for p in problems]
+            rollouts = self.ctx.sampler.sample(prompts, params, [p.id for p in problems])
+        else:
+            rollouts = self._mixed_rollouts(problems, params, off)
         by_id = {p.id: p for p in problems}
         for r in rollouts:
             r.verdict = self.ctx.verify(by_id[r.problem_id], r.text)
         return rollouts
 
-    def _mix_off_policy(self, rollouts: list[Rollout], problems: list[Problem], step: int) -> None:
-        """GKD-style: replace a fraction of rollouts by the data set's reference solution."""
+    def _off_policy_slots(self, problems: list[Problem], step: int) -> set[tuple[int, int]]:
+        """(problem index, sample index) of the responses that do not come from the student."""
         frac = self.cfg.off_policy_fraction
         if frac <= 0:
-            return
+            return set()
         gen = torch.Generator().manual_seed(self.cfg.seed * 31 + step)
-        by_id = {p.id: p for p in problems}
-        tok = self.ctx.tokenizer
-        for r in rollouts:
-            ref = by_id[r.problem_id].reference
-            if ref and torch.rand((), generator=gen).item() < frac:
-                r.response_ids = tok(ref, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                r.text, r.meta["off_policy"], r.logprobs, r.finished = ref, True, None, True
+        needs_reference = self.cfg.off_policy_source == "reference"
+        slots = set()
+        for i, problem in enumerate(problems):
+            for j in range(self.cfg.sampling.n):
+                if torch.rand((), generator=gen).item() < frac and (problem.reference or not needs_reference):
+                    slots.add((i, j))
+        return slots
+
+    def _mixed_rollouts(self, problems: list[Problem], params: SamplingParams,
+                        off: set[tuple[int, int]]) -> list[Rollout]:
+        """Samples only the student's share; the rest are references or the teacher's samples,
+        trained on as if the student had written them (student prompt, no sampler log-probs)."""
+        slots = [(i, j) for i in range(len(problems)) for j in range(self.cfg.sampling.n)]
+        student_slots = [s for s in slots if s not in off]
+        off_slots = [s for s in slots if s in off]
+        one = dataclasses.replace(params, n=1)
+        made = dict(zip(student_slots, self.ctx.sampler.sample(
+            [self.student_prompt(problems[i]) for i, _ in student_slots], one,
+            [problems[i].id for i, _ in student_slots])))
+        if self.cfg.off_policy_source == "teacher":
+            teacher_params = dataclasses.replace(one, seed=(params.seed or 0) + 77_777)
+            made.update(zip(off_slots, self.sample_teacher(
+                [self.teacher_prompt(problems[i]) for i, _ in off_slots], teacher_params,
+                [problems[i].id for i, _ in off_slots])))
+        else:
+            tok = self.ctx.tokenizer
+            for i, j in off_slots:
+                ref = problems[i].reference
+                made[(i, j)] = Rollout(problems[i].id, [], tok(ref, add_special_tokens=False)["input_ids"]
+                                       + [tok.eos_token_id], ref)
+        for (i, j), r in made.items():
+            r.meta["sample_index"] = j
+            if (i, j) in off:
+                r.prompt_ids, r.logprobs, r.meta["off_policy"] = self.student_prompt(problems[i]), None, True
+        return [made[s] for s in slots]
+
+    def sample_teacher(self, prompts: list[list[int]], params: SamplingParams, ids: list[str]) -> list[Rollout]:
+        """Samples from the teacher under `prompts` (OPSD: the student's base, adapter disabled).
+        Plain HF generation on the teacher's weights, whatever the student's sampling backend."""
+        from trajdistill.rollout.hf import HFSampler
+
+        teacher = self.ctx.teacher
+        sampler = HFSampler(teacher.model, self.ctx.tokenizer, batch_size=self.cfg.sampling.batch_size,
+                            progress=False)
+        off = teacher.model.disable_adapter() if isinstance(teacher, AdapterOffTeacher) else contextlib.nullcontext()
+        with off:
+            return sampler.sample(prompts, params, ids)
 
     def keep(self, rollout: Rollout) -> bool:
         """Outcome filter (ReNIO's controlled experiment): all, incorrect or correct only; and,
@@ -180,8 +228,11 @@ def sampled_token_objective(hidden: Hidden, targets, weights, normalizer, temper
 def rollout_metrics(rollouts: list[Rollout], kept: int) -> dict[str, tuple[float, float]]:
     """Sums and counts, so processes can add them up before dividing."""
     n = float(len(rollouts))
+    own = [r for r in rollouts if not r.meta.get("off_policy")]
+    other = [r for r in rollouts if r.meta.get("off_policy")]
     return {
-        "rollout/pass_rate": (sum(bool(r.verdict and r.verdict.passed) for r in rollouts), n),
+        "rollout/pass_rate": (sum(bool(r.verdict and r.verdict.passed) for r in own), float(len(own))),
+        "rollout/off_policy_pass_rate": (sum(bool(r.verdict and r.verdict.passed) for r in other), float(len(other))),
         "rollout/response_len": (sum(len(r.response_ids) for r in rollouts), n),
         "rollout/truncated": (sum(not r.finished for r in rollouts), n),
         "rollout/kept": (float(kept), n),

@@ -18,7 +18,6 @@ Stage 2 samples with the Hugging Face backend even when `sampling.backend` is vl
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -38,7 +37,6 @@ from trajdistill.methods.trd_prompts import initial_instruction, refinement_text
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_prompt
 from trajdistill.rollout.prompts import chat_ids
-from trajdistill.teacher import AdapterOffTeacher
 from trajdistill.train.batch import TrainSequence
 
 console = Console(stderr=True)
@@ -193,14 +191,7 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
 
     def refine(self, prompts: list[list[int]], ids: list[str], step: int) -> list[Rollout]:
         """Sample one refinement per prompt from the teacher (OPSD: the base, adapter disabled)."""
-        from trajdistill.rollout.hf import HFSampler
-
-        teacher = self.ctx.teacher
-        sampler = HFSampler(teacher.model, self.ctx.tokenizer, batch_size=self.cfg.sampling.batch_size,
-                            progress=False)
-        off = teacher.model.disable_adapter() if isinstance(teacher, AdapterOffTeacher) else contextlib.nullcontext()
-        with off:
-            return sampler.sample(prompts, self.refine_params(step), ids)
+        return self.sample_teacher(prompts, self.refine_params(step), ids)
 
     def stage12(self, problems: list[Problem], step: int) -> list[dict]:
         """Stages 1 and 2 on `problems`: one dataset row per raw rollout."""
