@@ -12,7 +12,6 @@ student is trained along, which context the teacher sees, or which weights multi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -23,7 +22,6 @@ from trajdistill.methods.base import MethodContext, StepResult
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
-from trajdistill.teacher import AdapterOffTeacher
 from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
 from trajdistill.train.logprobs import token_logprobs
 
@@ -120,7 +118,8 @@ class OnPolicyDistillation:
                 r.prompt_ids, r.logprobs, r.meta["off_policy"] = self.student_prompt(problems[i]), None, True
         return [made[s] for s in slots]
 
-    def sample_teacher(self, prompts: list[list[int]], params: SamplingParams, ids: list[str]) -> list[Rollout]:
+    def sample_teacher(self, prompts: list[list[int]], params: SamplingParams,
+                       ids: list[str] | None = None) -> list[Rollout]:
         """Samples from the teacher under `prompts` (OPSD: the student's base, adapter disabled).
         Plain HF generation on the teacher's weights, whatever the student's sampling backend."""
         from trajdistill.rollout.hf import HFSampler
@@ -128,8 +127,7 @@ class OnPolicyDistillation:
         teacher = self.ctx.teacher
         sampler = HFSampler(teacher.model, self.ctx.tokenizer, batch_size=self.cfg.sampling.batch_size,
                             progress=False)
-        off = teacher.model.disable_adapter() if isinstance(teacher, AdapterOffTeacher) else contextlib.nullcontext()
-        with off:
+        with teacher.as_teacher():
             return sampler.sample(prompts, params, ids)
 
     def keep(self, rollout: Rollout) -> bool:

@@ -96,15 +96,10 @@ class TOPD(StepScoredDistillation):
 
     def teacher_continue(self, contexts: list[list[int]], step: int) -> list[list[int]]:
         """H tokens of the teacher after each context (greedy unless `topd.guidance_temperature` > 0)."""
-        from trajdistill.rollout.hf import HFSampler
-
-        spec, teacher = self.cfg.topd, self.ctx.teacher
+        spec = self.cfg.topd
         params = SamplingParams(n=1, temperature=spec.guidance_temperature, top_p=1.0, top_k=0,
                                 max_new_tokens=spec.horizon, seed=self.cfg.seed * 100_019 + step * 7907 + self.ctx.rank)
-        sampler = HFSampler(teacher.model, self.ctx.tokenizer, batch_size=self.cfg.sampling.batch_size, progress=False)
-        # AdapterOffTeacher disables the LoRA adapter in this context: the OPSD teacher continues.
-        with teacher._context():
-            rollouts = sampler.sample(contexts, params)
+        rollouts = self.sample_teacher(contexts, params)  # OPSD: the base, adapter disabled
         return [r.response_ids for r in rollouts]
 
     # -- loss ---------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from trajdistill.eval.runner import reflection_count
 from trajdistill.io import atomic_write_json, atomic_write_text
 from trajdistill.methods.base import StepResult
 from trajdistill.methods.onpolicy import OnPolicyDistillation
-from trajdistill.methods.trd_prompts import initial_instruction, refinement_text, strip_echo, task_of
+from trajdistill.methods.trd_prompts import initial_instruction, refinement_text, strip_echo
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_prompt
 from trajdistill.rollout.prompts import chat_ids

@@ -25,7 +25,8 @@ class Teacher:
         self.model = model
         self.autocast_bf16 = autocast_bf16
 
-    def _context(self):
+    def as_teacher(self):
+        """Context in which `self.model` computes as the teacher (scoring or sampling)."""
         return contextlib.nullcontext()
 
     @torch.no_grad()
@@ -33,7 +34,7 @@ class Teacher:
         """Final hidden states [N, H] at (rows, cols) of the teacher sequences."""
         device = next(self.model.parameters()).device
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
-        with self._context(), autocast:
+        with self.as_teacher(), autocast:
             states = final_hidden(self.model, input_ids.to(device), attention_mask.to(device))
         return states[rows.to(device), cols.to(device)].float()
 
@@ -51,7 +52,7 @@ class SeparateTeacher(Teacher):
 class AdapterOffTeacher(Teacher):
     """The peft student with its adapter disabled: exactly the frozen base model."""
 
-    def _context(self):
+    def as_teacher(self):
         return self.model.disable_adapter()
 
 
