@@ -24,7 +24,7 @@ import torch
 
 from trajdistill.config import load_config
 from trajdistill.eval.auc import auc_with_ci
-from trajdistill.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from trajdistill.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from trajdistill.train.run import build, load_run_problems
 
 

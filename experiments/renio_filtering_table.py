@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from trajdistill.eval.runner import fmt, metric_columns
-from trajdistill.io import read_jsonl
+from trajdistill.files import read_jsonl
 
 
 def row(name: str, summary: dict, train: dict | None) -> str:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from trajdistill.config import load_config
-from trajdistill.io import atomic_write_json, atomic_write_text
+from trajdistill.files import atomic_write_json, atomic_write_text
 from trajdistill.methods.trd import load_rows, refinement_table, refinement_table_markdown
 
 

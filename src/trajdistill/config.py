@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trajdistill import UserError
-from trajdistill.io import atomic_write_text
+from trajdistill.files import atomic_write_text
 
 
 class Section(BaseModel):

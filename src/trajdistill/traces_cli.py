@@ -18,7 +18,7 @@ import typer
 from trajdistill import UserError
 from trajdistill.cli_support import quiet_libraries, user_errors
 from trajdistill.config import RunConfig
-from trajdistill.io import atomic_write_json
+from trajdistill.files import atomic_write_json
 
 traces_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Teacher traces -> labelled trace sets -> preference pairs / SFT sets.")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from trajdistill import UserError
-from trajdistill.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from trajdistill.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from trajdistill.records import Problem, Verdict
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
 from trajdistill.rollout.prompts import chat_ids

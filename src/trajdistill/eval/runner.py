@@ -12,7 +12,7 @@ from typing import Callable
 
 from trajdistill.config import EvalSpec, PromptSpec
 from trajdistill.eval.metrics import mean_se, pass_at_k
-from trajdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from trajdistill.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from trajdistill.records import Problem, Rollout, Verdict
 from trajdistill.rollout import SamplingParams, make_sampler, render_prompt
 

@@ -33,7 +33,7 @@ from rich.console import Console
 
 from trajdistill import UserError
 from trajdistill.data.traces import read_rows
-from trajdistill.io import append_jsonl, read_jsonl
+from trajdistill.files import append_jsonl, read_jsonl
 from trajdistill.losses.sequence import dpo_loss, pair_logp_metrics, redi_loss, sft_loss, simpo_loss
 from trajdistill.methods.base import MethodContext, StepResult
 from trajdistill.models.backbone import final_hidden, lm_head_weight

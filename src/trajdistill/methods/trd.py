@@ -30,7 +30,7 @@ from rich.console import Console
 from trajdistill import UserError
 from trajdistill.eval.diagnostics import kl_by_outcome
 from trajdistill.eval.runner import reflection_count
-from trajdistill.io import atomic_write_json, atomic_write_text
+from trajdistill.files import atomic_write_json, atomic_write_text
 from trajdistill.methods.base import StepResult
 from trajdistill.methods.onpolicy import OnPolicyDistillation
 from trajdistill.methods.trd_prompts import initial_instruction, refinement_text, strip_echo

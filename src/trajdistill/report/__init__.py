@@ -14,7 +14,7 @@ import yaml
 
 from trajdistill import UserError
 from trajdistill.eval.runner import fmt, metric_columns
-from trajdistill.io import atomic_write_text, read_jsonl
+from trajdistill.files import atomic_write_text, read_jsonl
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:

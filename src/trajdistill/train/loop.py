@@ -28,7 +28,7 @@ import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from trajdistill.config import RunConfig, save_config
-from trajdistill.io import append_jsonl, read_jsonl, atomic_write_jsonl
+from trajdistill.files import append_jsonl, read_jsonl, atomic_write_jsonl
 from trajdistill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trajdistill.train.optim import build_optimizer, trainable_parameters
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from trajdistill.config import RunConfig
 from trajdistill.data import load_problems, split_problems
 from trajdistill.eval.runner import evaluate, summary_markdown
-from trajdistill.io import atomic_write_json, atomic_write_text
+from trajdistill.files import atomic_write_json, atomic_write_text
 from trajdistill.methods import ON_POLICY, method_class
 from trajdistill.methods.base import MethodContext
 from trajdistill.models import load_model, load_tokenizer, resolve_device
