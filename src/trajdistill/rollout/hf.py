@@ -48,6 +48,9 @@ class HFSampler:
         self.batch_size = batch_size
         self.progress = progress
 
+    def sync(self, model) -> None:
+        """Nothing to do: `generate` runs on the live weights."""
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -40,6 +40,12 @@ class Sampler(Protocol):
         """
         ...
 
+    def sync(self, model) -> None:
+        """Make the engine sample from `model`'s current weights (the trainer calls this before every
+        collection and every evaluation). `model` may be wrapped (DDP/FSDP) and carry a LoRA adapter.
+        A no-op for backends that sample from the live model (HF)."""
+        ...
+
 
 def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True) -> Sampler:
     if backend == "hf":
