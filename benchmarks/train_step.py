@@ -9,7 +9,7 @@ top-k / top-p, forward KL (TRL: `beta=0`; ours: `loss.divergence=forward_kl`), A
 - ours: `configs/opsd-forward-kl.yaml` through `trajdistill.train.run.build` and
   `Trainer.train_step` (HF sampling, verification, the adapter-off teacher on the privileged
   prompt, the chunked divergence from hidden states, the AdamW step). The preset logs TRD's C.5
-  diagnostics (`diagnostics`, on by default); an extra row times the same step with them off.
+  diagnostics (`opsd.diagnostics`, on by default); an extra row times the same step with them off.
 - TRL:  `trl.experimental.gkd.GKDTrainer.train()` with `lmbda=1.0, beta=0.0, temperature=1.0`, the
   same student + `peft_config`, and a second copy of SmolLM2 as teacher (GKD has no adapter-off
   teacher). `bf16` and `gradient_checkpointing` (on by default in TRL's SFTConfig) are turned off
@@ -112,7 +112,7 @@ def build_ours(args, tokenizer, run_dir: Path):
         n=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.tokens,
         seed=cfg.seed * 100_003 + step * 7919, stop_at_eos=False)
     problems = load_run_problems(cfg).train
-    trainer = Trainer(cfg, run_dir, method, ctx.model, problems, tokenizer=tokenizer, log_console=False)
+    trainer = Trainer(cfg, run_dir, method, ctx, problems, log_console=False)
     return cfg, method, trainer
 
 
@@ -211,7 +211,7 @@ def main() -> None:
     trl_rec: list[dict] = []
 
     def ours_step(step: int, diagnostics: bool) -> dict:
-        cfg.diagnostics = diagnostics
+        cfg.options.diagnostics = diagnostics  # the method reads its options every step
         torch.set_num_threads(args.threads)
         cpu0, started = cpu_seconds(), time.perf_counter()
         m = ours.train_step(step)

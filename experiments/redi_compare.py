@@ -55,21 +55,21 @@ def main() -> None:
                          problems_per_chunk=16)
     data = out / "data"
     if not (data / "pairs.jsonl").exists():
-        cfg = load_config("configs/_offline.yaml")
-        print(pairs_command(traces, data, max_prompt_tokens=cfg.offline.max_prompt_tokens,
-                            max_response_tokens=cfg.offline.max_response_tokens))
+        opts = load_config("configs/redi.yaml").options  # the length limits of the pair presets
+        print(pairs_command(traces, data, max_prompt_tokens=opts.max_prompt_tokens,
+                            max_response_tokens=opts.max_response_tokens))
 
     runs = [out / "sft"]
     if not (runs[0] / "final" / "config.json").exists():
         train_command(load_config("configs/sft.yaml", common + [
-            f"offline.dataset={data / 'sft.jsonl'}", f"output_dir={runs[0]}"]))
+            f"sft.dataset={data / 'sft.jsonl'}", f"output_dir={runs[0]}"]))
     for method in args.stage2.split(","):
         run = out / f"sft+{method}"
         runs.append(run)
         if (run / "eval" / "after.json").exists():
             continue
         train_command(load_config(f"configs/{method}.yaml", common + [
-            f"model.name={runs[0] / 'final'}", f"offline.dataset={data / 'pairs.jsonl'}", f"output_dir={run}",
+            f"model.name={runs[0] / 'final'}", f"{method}.dataset={data / 'pairs.jsonl'}", f"output_dir={run}",
             "eval.before=false", *args.stage2_sets]))
     report = build_report(runs, out / "report", "REDI vs DPO vs SimPO after SFT (SmolLM2-135M, arith-mix)")
     print(report.read_text())

@@ -44,7 +44,7 @@ def main() -> None:
         if (run / "final" / "config.json").exists():
             continue
         train_command(load_config("configs/redi.yaml", [
-            f"model.name={args.model}", f"offline.dataset={args.pairs}", f"offline.alpha={alpha}",
+            f"model.name={args.model}", f"redi.dataset={args.pairs}", f"redi.alpha={alpha}",
             f"optim.lr={args.lr}", f"optim.epochs={args.epochs}", f"optim.problems_per_step={args.batch}",
             f"output_dir={run}", "eval.before=false", "eval.after=false", *args.sets]))
     report = build_report(runs, out / "report", f"REDI stability: alpha {args.alphas} at lr {args.lr}")

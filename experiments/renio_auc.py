@@ -39,7 +39,9 @@ def main() -> None:
     args = ap.parse_args()
 
     out = Path(args.out)
-    cfg = load_config(args.config, [f"sampling.n={args.n}", f"output_dir={out}", "outcome_filter=all", *args.set])
+    method_name = load_config(args.config, args.set).method  # the outcome filter lives in its section
+    cfg = load_config(args.config, [f"sampling.n={args.n}", f"output_dir={out}", f"{method_name}.outcome_filter=all",
+                                    *args.set])
     torch.manual_seed(cfg.seed)
     ctx, method, _ = build(cfg, out)
     problems = load_run_problems(cfg).train[: args.problems]
@@ -52,8 +54,8 @@ def main() -> None:
         if all(p.id in done for p in chunk):
             continue
         result = method.collect(chunk, step)
-        for r in (r for r in result.rollouts if "renio_score" in r.meta):  # empty responses are not scored
-            rows.append({"problem_id": r.problem_id, "score": r.meta["renio_score"], "passed": bool(r.verdict.passed),
+        for r in (r for r in result.rollouts if r.score is not None):  # empty responses are not scored
+            rows.append({"problem_id": r.problem_id, "score": r.score, "passed": bool(r.verdict.passed),
                          "tokens": len(r.response_ids), "finished": r.finished, "text": r.text})
         atomic_write_jsonl(scores_path, rows)
         print(f"{len(rows)} rollouts, pass rate {sum(r['passed'] for r in rows) / len(rows):.3f}, "
@@ -67,9 +69,9 @@ def write_summary(args, cfg, rows, out, started) -> dict:
     incorrect = [not r["passed"] for r in rows]
     scores = [r["score"] for r in rows]
     summary = {
-        "config": args.config, "setting": cfg.setting, "rollouts": len(rows),
+        "config": args.config, "setting": cfg.method_class.setting_of(cfg.options), "rollouts": len(rows),
         "problems": len({r["problem_id"] for r in rows}),
-        "ratio_cap": cfg.renio.ratio_cap, "threshold": cfg.renio.threshold,
+        "ratio_cap": cfg.options.ratio_cap, "threshold": cfg.options.threshold,
         "sampling_temperature": cfg.sampling.temperature, "max_new_tokens": cfg.sampling.max_new_tokens,
         "incorrect": sum(incorrect), "with_pivotal": sum(s > 0 for s in scores),
         "auc_score": auc_with_ci(scores, incorrect).to_dict(),

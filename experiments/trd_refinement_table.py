@@ -48,10 +48,10 @@ def main() -> None:
     rows = method.offline_rows(problems)  # samples (or reuses) and writes the dataset and the table
     table = refinement_table(rows)
     table["seconds"] = time.perf_counter() - started
-    table["config"] = {"config": args.config, "sets": args.sets, "model": cfg.model.name, "setting": cfg.setting,
-                       "sampling": cfg.sampling.model_dump(), "refine_max_new_tokens": cfg.trd.refine_max_new_tokens}
+    table["config"] = {"config": args.config, "sets": args.sets, "model": cfg.model.name, "setting": cfg.options.setting,
+                       "sampling": cfg.sampling.model_dump(), "refine_max_new_tokens": cfg.options.refine_max_new_tokens}
     atomic_write_json(out / "rollouts/trd-table.json", table)
-    text = refinement_table_markdown(table, f"TRD-{cfg.setting.upper()} refinement on {cfg.data.train} "
+    text = refinement_table_markdown(table, f"TRD-{cfg.options.setting.upper()} refinement on {cfg.data.train} "
                                             f"({cfg.model.name})")
     atomic_write_text(out / "rollouts/trd-table.md", text)
     print(text)

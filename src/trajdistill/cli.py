@@ -31,9 +31,9 @@ def train(
     """Train with any method (opd, opsd, trd, renio, topd, sft, redi, dpo, simpo)."""
     from trajdistill.config import load_config
 
-    quiet_libraries()
     sets = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
-    cfg = load_config(config, sets)
+    cfg = load_config(config, sets)  # every config error, before any heavy library loads
+    quiet_libraries()
     from trajdistill.train.run import train_command
 
     train_command(cfg, resume=resume)
@@ -60,7 +60,8 @@ def eval_cmd(
     from trajdistill.data import load_problems, split_problems
     from trajdistill.eval.runner import evaluate, summary_markdown
     from trajdistill.models import load_model, load_tokenizer
-    from trajdistill.verify import AutoVerifier
+    from trajdistill.rollout import make_sampler
+    from trajdistill.verify import Verifiers
 
     quiet_libraries()
     cfg = load_config(config) if config else load_config(None)
@@ -74,8 +75,9 @@ def eval_cmd(
     spec = EvalSpec(k=k, temperature=temperature, greedy=greedy, max_new_tokens=max_new_tokens)
     tok = load_tokenizer(model)
     lm = load_model(model)
-    summary = evaluate(lm, tok, problems, spec, cfg.prompt, AutoVerifier(), batch_size=batch_size,
-                       out_dir=out, label=label or Path(model).name)
+    sampler = make_sampler(cfg.sampling.backend, lm, tok, batch_size=batch_size)
+    summary = evaluate(sampler, tok, problems, spec, cfg.prompt, Verifiers(), out_dir=out,
+                       label=label or Path(model).name)
     typer.echo(summary_markdown([summary]))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from trajdistill import UserError
 from trajdistill.files import atomic_write_text
@@ -137,101 +137,36 @@ class CheckpointSpec(Section):
     keep_last: int = Field(2, ge=1)
 
 
-class TRDSpec(Section):
-    """TRD (seed 003): stage 1 samples y_o with `sampling`, stage 2 refines it into y_r, stage 3
-    distils with the `loss` divergence along y_r (teacher context: the refinement prompt)."""
+class TracesSpec(Section):
+    """`trajdistill traces generate`: how the teacher that writes the traces is prompted."""
 
-    mode: Literal["offline", "online"] = "offline"
-    """offline: stages 1-2 once over the whole training set before training (the paper's
-    single-update pipeline); online: refine each step's fresh rollouts."""
-    fallback: Literal["raw", "drop"] = "raw"
-    """What to do with an unusable refinement (empty, truncated at the budget, or not in the answer
-    format): train on the raw rollout y_o (teacher context: the plain OPD/OPSD one), or drop it."""
-    dataset: str | None = None
-    """Restart from a saved stage-1/2 dataset (parquet file or folder) instead of sampling."""
-    refine_max_new_tokens: int | None = Field(None, ge=1)
-    """Stage-2 response budget; None: `sampling.max_new_tokens`."""
-    refine_batch_size: int | None = Field(None, ge=1)
-    """Offline mode: problems per stage-1/2 chunk; None: `sampling.batch_size`."""
-
-
-class RenioSpec(Section):
-    """ReNIO sample weights (seed 000; methods.md). Presets renio-opd / renio-opsd set C and delta."""
-
-    ratio_cap: float = 2.0
-    """C: cap on the log-ratio r_t = min(log p_S(y_t) - log p_T(y_t), C). Authors: OPD 2.0, OPSD 2.5."""
-    threshold: float = 1.0
-    """delta: pivotal tokens have r_t >= delta. Authors: OPD 1.0, OPSD 0.8."""
-    tau: float = Field(1.0, gt=0.0)
-    """tau_w in w_i = exp(s_i / tau_w)."""
-    weight_cap: float = Field(10.0, gt=0.0)
-    """Cap on the normalised weight (applied after normalising, as the authors do)."""
-    normalize: Literal["batch", "micro"] = "batch"
-    """batch: divide by the mean raw weight over the whole optimisation batch, across processes
-    and micro-batches (ours); micro: within each micro-batch on each device (the authors' code)."""
-
-
-class TopdSpec(Section):
-    """TOPD (seed 002): our formulation, no public code; every value below is our choice (methods.md)."""
-
-    filter: bool = True
-    """Near-future filter: drop high-loss tokens whose near future is not divergent."""
-    quantile: float = Field(0.2, gt=0.0, le=1.0)
-    """q: high-loss tokens are the top q fraction of D_t over the step's response tokens."""
-    window: int = Field(8, ge=1)
-    """K: near-future window F_t = mean D_{t+1..t+K} (same rollout)."""
-    rho: float = Field(1.0, ge=0.0)
-    """A high-loss token is kept iff F_t >= rho * mean D."""
-    guidance: bool = False
-    """Near-future guidance: the teacher continues the student's prefix at kept divergent tokens."""
-    max_branches: int = Field(2, ge=1)
-    """m: guidance branches per rollout, at its largest kept high-loss D_t."""
-    horizon: int = Field(16, ge=1)
-    """H: tokens the teacher continues for."""
-    guidance_weight: float = Field(1.0, ge=0.0)
-    """lambda_g: weight of the guidance term (its own token mean)."""
-    guidance_temperature: float = Field(0.0, ge=0.0)
-    """Teacher sampling temperature for the continuation; 0 = greedy."""
-
-
-class OfflineSpec(Section):
-    """SFT / REDI / DPO / SimPO on fixed traces (seeds 001, 004), and `trajdistill traces`.
-
-    Data sets follow Hugging Face conventions: `prompt`/`completion` rows for `sft`,
-    `prompt`/`chosen`/`rejected` rows for `redi`, `dpo` and `simpo` (strings: the prompt is the
-    user turn, rendered with the model's chat template; or conversational message lists).
-    """
-
-    dataset: str | None = None
-    """Training data: a .jsonl / .parquet file or a saved `datasets` directory (required)."""
-    alpha: float = Field(0.8, ge=0.0)
-    """REDI weight of the rejected term: 0 = SFT, 1 = symmetric (collapses); authors: 0.8."""
-    beta: float = Field(0.1, gt=0.0)
-    """DPO beta (REDI paper's baseline: 0.001) or SimPO beta (2.0), depending on `method`."""
-    gamma: float = 1.0
-    """SimPO target margin gamma (REDI paper's baseline: 1.0)."""
-    reference: str | None = None
-    """DPO reference model; None: the starting model (adapter disabled under LoRA), i.e. the
-    stage-1 SFT model when `model.name` is its exported directory. Scored once, before training."""
-    max_prompt_tokens: int = Field(512, ge=1)
-    """Rows whose templated prompt is longer are dropped (counted in the log)."""
-    max_response_tokens: int = Field(512, ge=1)
-    """Rows with a longer completion (chosen or rejected) are dropped."""
     context: Literal["plain", "privileged"] = "privileged"
-    """`trajdistill traces`: teacher sees the plain problem, or problem + reference solution
-    (`prompt.privileged`); the student is always trained on the plain prompt."""
+    """The teacher sees the plain problem, or problem + reference solution (`prompt.privileged`);
+    the student is always trained on the plain prompt."""
+
+
+# Top-level keys that used to be flat options and now live in the section of the methods using them.
+_MOVED = {
+    "setting": "the trd, renio and topd sections (opd and opsd name their setting)",
+    "off_policy_fraction": "the on-policy method's section (e.g. opsd.off_policy_fraction)",
+    "off_policy_source": "the on-policy method's section (e.g. opsd.off_policy_source)",
+    "outcome_filter": "the on-policy method's section (e.g. renio.outcome_filter)",
+    "drop_truncated": "the on-policy method's section (e.g. opsd.drop_truncated)",
+    "diagnostics": "the on-policy method's section (e.g. opsd.diagnostics)",
+    "offline": "the offline method's own section (sft:, redi:, dpo:, simpo:); offline.context is traces.context",
+}
 
 
 class RunConfig(Section):
     method: str = "opsd"
-    """opd | opsd | trd | renio | topd | sft | redi | dpo | simpo."""
-    setting: Literal["opd", "opsd"] = "opsd"
-    """Teacher kind for methods that work in both settings (TRD, ReNIO, TOPD)."""
+    """A registered method (`trajdistill.methods.method_names()`): opd, opsd, trd, renio, topd, sft,
+    redi, dpo, simpo, or one registered from your own package. Its options are the YAML section
+    named after it (`opsd: {off_policy_fraction: 0.5}`), validated by the method's `Options`."""
     seed: int = 0
     output_dir: str = "runs/run"
     model: ModelSpec = Field(default_factory=ModelSpec)
     teacher: ModelSpec | None = None
-    """OPD teacher; None in OPSD (the student's base with the adapter off is the teacher)."""
+    """The separate teacher of OPD-setting methods; refused where the method does not use one."""
     lora: LoraSpec = Field(default_factory=LoraSpec)
     prompt: PromptSpec = Field(default_factory=PromptSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -240,48 +175,86 @@ class RunConfig(Section):
     optim: OptimSpec = Field(default_factory=OptimSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
-    off_policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
-    """GKD-style share of responses that do not come from the student (0: fully on-policy)."""
-    off_policy_source: Literal["reference", "teacher"] = "reference"
-    """Where that share comes from: the data set's reference solution, or a sample from the teacher
-    under its own context (OPSD: the privileged prompt; GKD's teacher-generated data). Either way the
-    student is trained along it under the student's prompt, token by token against the teacher."""
-    outcome_filter: Literal["all", "incorrect", "correct", "fail_to_pass"] = "all"
-    drop_truncated: bool = False
-    """Leave out rollouts that hit `sampling.max_new_tokens` without ending (DAPO's overlong
-    filtering). Along a cut-off rollout a small model is often repeating itself, and a teacher that
-    wants a properly ended answer keeps scoring "continue", so training on them teaches not to stop.
-    Data set references always end; teacher samples cut at the budget are dropped like the student's."""
-    diagnostics: bool = True
-    """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
-    teacher/student perplexity gap) in every on-policy method, baselines included."""
-    trd: TRDSpec = Field(default_factory=TRDSpec)
-    renio: RenioSpec = Field(default_factory=RenioSpec)
-    topd: TopdSpec = Field(default_factory=TopdSpec)
-    offline: OfflineSpec = Field(default_factory=OfflineSpec)
+    traces: TracesSpec = Field(default_factory=TracesSpec)
+    _options: Any = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _setting_follows_method(cls, data: Any) -> Any:
-        # opd / opsd name their setting; the other on-policy methods take it from `setting`.
-        if isinstance(data, dict) and data.get("method") in ("opd", "opsd"):
-            data = {**data, "setting": data["method"]}
-        return data
+    @property
+    def method_class(self):
+        from trajdistill.methods import method_class
 
-    @model_validator(mode="after")
-    def _teacher_matches_setting(self) -> "RunConfig":
-        if self.setting == "opd" and self.method in ("opd", "trd", "renio", "topd") and self.teacher is None:
-            raise ValueError(f"method {self.method} in the opd setting needs a `teacher` model")
-        if self.outcome_filter == "fail_to_pass" and self.method != "trd":
-            raise ValueError("outcome_filter fail_to_pass needs a refined trajectory: only method trd has one")
-        if self.drop_truncated and self.method == "trd":
-            raise ValueError("drop_truncated does not apply to trd: cut-off refinements follow `trd.fallback`")
-        return self
+        return method_class(self.method)
+
+    @property
+    def options(self):
+        """The chosen method's own section (an instance of its `Options`)."""
+        if self._options is None:
+            self._options = self.method_class.Options()
+        return self._options
+
+    def tree(self) -> dict[str, Any]:
+        """The YAML tree that `load_config` reads back into this config."""
+        out = self.model_dump(mode="json")
+        out[self.method] = self.options.model_dump(mode="json")
+        return out
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def config_from_tree(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a whole tree: the method first (before anything is loaded), then the shared
+    sections, then the method's own section and the method's cross-field checks."""
+    from trajdistill.methods import method_class, method_names
+
+    tree = dict(tree)
+    method = tree.get("method", RunConfig.model_fields["method"].default)
+    if not isinstance(method, str):
+        raise UserError(f"{source}: field 'method': expected a method name, got {method!r}")
+    try:
+        cls = method_class(method)
+    except ValueError as err:
+        raise UserError(f"{source}: field 'method': {err}") from None
+    section = tree.pop(method, None)
+    names = set(method_names())
+    for key in tree:
+        if key in names:
+            raise UserError(f"{source}: field '{key}': method {method} does not use the `{key}` section "
+                            f"(it holds the options of method {key})")
+        if key in _MOVED:
+            raise UserError(f"{source}: field '{key}': not a top-level option; it belongs in {_MOVED[key]}")
+    try:
+        cfg = RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise UserError(_format_error(err, source)) from None
+    if section is not None and not isinstance(section, dict):
+        raise UserError(f"{source}: field '{method}': the method's section must be a mapping")
+    try:
+        cfg._options = cls.Options.model_validate(section or {})
+    except ValidationError as err:
+        raise UserError(_format_error(err, source, prefix=method)) from None
+    try:
+        _check_method_fields(cfg, cls, tree)
+        cls.check_config(cfg)
+    except ValueError as err:
+        raise UserError(f"{source}: {err}") from None
+    return cfg
+
+
+def _check_method_fields(cfg: RunConfig, cls, tree: dict[str, Any]) -> None:
+    kind = cls.teacher_kind(cfg.options)
+    if kind == "separate" and cfg.teacher is None:
+        raise ValueError(f"field 'teacher': method {cfg.method} in the opd setting needs a `teacher` model")
+    if kind != "separate" and cfg.teacher is not None:
+        what = "no teacher" if kind == "none" else "the student's own base weights as its teacher"
+        raise ValueError(f"field 'teacher': method {cfg.method} uses {what}; remove `teacher` "
+                         "(or choose the opd setting)")
+    if not cls.uses_loss_section:
+        used = sorted(set(tree.get("loss") or {}) - {"chunk_size"})
+        if used:
+            raise ValueError(f"field 'loss.{used[0]}': method {cfg.method} does not use it "
+                             "(only loss.chunk_size applies to sequence objectives)")
+
+
+def _format_error(err: ValidationError, source: str, prefix: str | None = None) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    where = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(first["loc"])) or "(top level)"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: field '{where}': {first['msg']}{more}"
 
@@ -320,7 +293,11 @@ def read_yaml_tree(path: Path, _seen: tuple = ()) -> dict[str, Any]:
         raise UserError(f"{path}: a config must be a mapping of sections")
     base = tree.pop("base", None)
     if base is not None:
-        tree = _deep_merge(read_yaml_tree(path.parent / str(base), _seen + (path.resolve(),)), tree)
+        inherited = read_yaml_tree(path.parent / str(base), _seen + (path.resolve(),))
+        if "method" in tree and inherited.get("method") != tree["method"]:
+            # A preset that changes the method does not inherit the base method's own options.
+            inherited.pop(str(inherited.get("method")), None)
+        tree = _deep_merge(inherited, tree)
     return tree
 
 
@@ -335,11 +312,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
         set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as err:
-        raise UserError(_format_error(err, source)) from None
+    return config_from_tree(tree, source)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.tree(), sort_keys=False))

@@ -5,7 +5,7 @@ Plain dataclasses with no behaviour beyond light validation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -52,4 +52,6 @@ class Rollout:
     logprobs: list[float] | None = None  # sampler log-probs of response_ids (at its temperature)
     finished: bool = True  # False when cut at max_new_tokens
     verdict: Verdict | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    sample_index: int = 0  # which of the n samples of its prompt
+    off_policy: bool = False  # not sampled from the student (a reference or a teacher sample)
+    score: float | None = None  # a method's per-rollout score (ReNIO's s_i), for logging

@@ -33,7 +33,7 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
     """Traces of the train split of `cfg.data` from `teacher` (default: cfg.teacher, else cfg.model).
 
     Sampling settings come from `cfg.sampling` (n, temperature, top_p, top_k, max_new_tokens,
-    batch_size), prompts from `cfg.prompt`, the teacher's context from `cfg.offline.context`.
+    batch_size), prompts from `cfg.prompt`, the teacher's context from `cfg.traces.context`.
     `model` / `tokenizer` / `verify` may be injected (tests).
     """
     from rich.console import Console
@@ -42,7 +42,7 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
     from trajdistill.models import load_model, load_tokenizer, resolve_device
     from trajdistill.rollout import make_sampler
     from trajdistill.train.run import load_run_problems
-    from trajdistill.verify import AutoVerifier
+    from trajdistill.verify import Verifiers
 
     console = Console(stderr=True)
     spec = cfg.teacher or cfg.model
@@ -56,12 +56,12 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
         device = resolve_device(spec.device)
         model = load_model(name, dtype=spec.dtype, device=str(device), trust_remote_code=spec.trust_remote_code)
     s, p = cfg.sampling, cfg.prompt
-    settings = TraceSettings(teacher=str(name), context=cfg.offline.context, n=s.n, temperature=s.temperature,
+    settings = TraceSettings(teacher=str(name), context=cfg.traces.context, n=s.n, temperature=s.temperature,
                              top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
                              instruction=p.instruction, system=p.system, privileged=p.privileged, seed=cfg.seed)
     sampler = make_sampler(s.backend, model, tokenizer, batch_size=s.batch_size, progress=False)
     console.print(f"traces: {len(problems)} problems x {s.n} from {name} ({settings.context} context) -> {out}")
-    rows = generate_traces(problems, sampler, tokenizer, verify or AutoVerifier(), out, settings,
+    rows = generate_traces(problems, sampler, tokenizer, verify or Verifiers(), out, settings,
                            problems_per_chunk=problems_per_chunk,
                            progress=lambda done, total: console.print(f"  {done}/{total} problems"))
     summary = trace_summary(rows)

@@ -46,9 +46,9 @@ def test_opd_requires_a_teacher():
 
 
 def test_fail_to_pass_filter_is_only_for_trd():
-    with pytest.raises(UserError, match="outcome_filter.*trd"):
-        load_config(None, ["outcome_filter=fail_to_pass"])
-    assert load_config(None, ["method=trd", "outcome_filter=fail_to_pass"]).outcome_filter == "fail_to_pass"
+    with pytest.raises(UserError, match="opsd.outcome_filter"):
+        load_config(None, ["opsd.outcome_filter=fail_to_pass"])
+    assert load_config(None, ["method=trd", "trd.outcome_filter=fail_to_pass"]).options.outcome_filter == "fail_to_pass"
 
 
 def test_every_shipped_preset_validates():
@@ -62,5 +62,5 @@ def test_every_shipped_preset_validates():
 
 
 def test_drop_truncated_is_refused_for_trd():
-    with pytest.raises(UserError, match="drop_truncated does not apply to trd"):
-        load_config("configs/trd-opsd.yaml", ["drop_truncated=true"])
+    with pytest.raises(UserError, match="trd.drop_truncated': does not apply to trd"):
+        load_config("configs/trd-opsd.yaml", ["trd.drop_truncated=true"])

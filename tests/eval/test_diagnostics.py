@@ -92,5 +92,5 @@ def test_opsd_baseline_logs_the_diagnostics_and_they_can_be_switched_off(tmp_pat
     _, metrics = method.loss([seq], method.counts([seq]))
     assert {"diag/teacher_epistemic_mass", "diag/student_nll", "diag/teacher_nll", "diag/log_ppl_gap"} <= set(metrics)
     assert metrics["kl/correct"][1] == 2
-    method.cfg.diagnostics = False
+    method.opts.diagnostics = False
     assert not any(k.startswith("diag/") for k in method.loss([seq], method.counts([seq]))[1])

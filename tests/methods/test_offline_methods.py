@@ -28,12 +28,16 @@ def write_data(tmp_path):
     return pairs, sft
 
 
+def method_of(preset: str) -> str:
+    return load_config(Path("configs") / preset).method
+
+
 def build_tiny(preset, tmp_path, tiny_lm, tokenizer, extra=()):
     from trajdistill.train.run import build
 
     pairs, sft = write_data(tmp_path)
     data = sft if preset == "sft.yaml" else pairs
-    sets = [f"offline.dataset={data}", "lora.r=4", "lora.alpha=8", f"output_dir={tmp_path / 'run'}",
+    sets = [f"{method_of(preset)}.dataset={data}", "lora.r=4", "lora.alpha=8", f"output_dir={tmp_path / 'run'}",
             "optim.lr=0.01", "optim.warmup_ratio=0", "optim.schedule=constant", "loss.chunk_size=7", *extra]
     cfg = load_config(Path("configs") / preset, sets)
     ctx, method, _ = build(cfg, tmp_path / "run", model=tiny_lm, tokenizer=tokenizer)
@@ -43,7 +47,7 @@ def build_tiny(preset, tmp_path, tiny_lm, tokenizer, extra=()):
 @pytest.mark.parametrize("preset", ["sft.yaml", "redi.yaml", "redi-symmetric.yaml", "dpo.yaml", "simpo.yaml"])
 def test_preset_lowers_its_loss_on_a_fixed_batch(preset, tmp_path, tiny_lm, tokenizer):
     # DPO at the preset's beta = 0.001 barely moves in 5 steps of a tiny model; test the math at 0.5
-    extra = ["offline.beta=0.5"] if preset == "dpo.yaml" else []
+    extra = ["dpo.beta=0.5"] if preset == "dpo.yaml" else []
     cfg, ctx, method = build_tiny(preset, tmp_path, tiny_lm, tokenizer, extra)
     units = method.collect(method.train_items([]), step=0).units
     assert len(units) == 4
@@ -108,19 +112,19 @@ def test_dpo_reference_is_the_starting_model_scored_once_and_cached(tmp_path, ti
 
 
 def test_missing_dataset_and_wrong_columns_are_user_errors(tmp_path, tiny_lm, tokenizer):
-    _, _, method = build_tiny("redi.yaml", tmp_path, tiny_lm, tokenizer, ["offline.dataset=null"])
-    with pytest.raises(UserError, match="offline.dataset"):
+    _, _, method = build_tiny("redi.yaml", tmp_path, tiny_lm, tokenizer, ["redi.dataset=null"])
+    with pytest.raises(UserError, match="redi.dataset"):
         method.train_items([])
     from trajdistill.models import tiny_model
 
     _, sft = write_data(tmp_path)
-    _, _, method = build_tiny("redi.yaml", tmp_path, tiny_model(tokenizer), tokenizer, [f"offline.dataset={sft}"])
+    _, _, method = build_tiny("redi.yaml", tmp_path, tiny_model(tokenizer), tokenizer, [f"redi.dataset={sft}"])
     with pytest.raises(UserError, match="chosen"):
         method.train_items([])
 
 
 def test_length_limits_drop_rows(tmp_path, tiny_lm, tokenizer):
-    _, _, method = build_tiny("simpo.yaml", tmp_path, tiny_lm, tokenizer, ["offline.max_response_tokens=9"])
+    _, _, method = build_tiny("simpo.yaml", tmp_path, tiny_lm, tokenizer, ["simpo.max_response_tokens=9"])
     units = method.train_items([])
     assert 0 < len(units) < 4 and all(len(u.chosen) <= 9 and len(u.rejected) <= 9 for u in units)
 
@@ -130,7 +134,7 @@ def test_train_command_runs_redi_with_the_paper_schedule_and_logs_logprobs(tmp_p
 
     pairs, _ = write_data(tmp_path)
     cfg = load_config(Path("configs/redi.yaml"), [
-        f"offline.dataset={pairs}", f"output_dir={tmp_path / 'run'}", "lora.r=4", "lora.alpha=8",
+        f"redi.dataset={pairs}", f"output_dir={tmp_path / 'run'}", "lora.r=4", "lora.alpha=8",
         "optim.problems_per_step=2", "optim.micro_batch_size=1", "optim.epochs=2", "optim.lr=0.01",
         "eval.before=false", "eval.after=false", "data.max_train=4"])
     train_command(cfg, model=tiny_lm, tokenizer=tokenizer)

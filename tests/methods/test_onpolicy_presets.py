@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trajdistill.verify import Verifiers
 from trajdistill.config import load_config
 from trajdistill.records import Problem, Verdict
 from trajdistill.train.optim import build_optimizer
@@ -35,7 +36,7 @@ def build_tiny(preset, tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
         sets.append("loss.token_clip=2.0")
     cfg = load_config(Path("configs") / preset, sets)
     ctx, method, _ = build(cfg, tmp_path, model=tiny_lm, tokenizer=tokenizer)
-    ctx.verify = fake_verify
+    ctx.verifier = Verifiers.of(fake_verify)
     return cfg, ctx, method
 
 
@@ -86,30 +87,30 @@ def test_opsd_teacher_is_the_base_model_with_adapter_disabled(tmp_path, tiny_lm,
 
 def test_outcome_filter_keeps_only_incorrect_rollouts(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
     _, ctx, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
-    ctx.verify = lambda problem, response: Verdict(passed=problem.id in ("p0", "p1"))
-    method.cfg.outcome_filter = "incorrect"
+    ctx.verifier = Verifiers.of(lambda problem, response: Verdict(passed=problem.id in ("p0", "p1")))
+    method.opts.outcome_filter = "incorrect"
     result = method.collect(problems(), step=0)
-    assert {u.meta["problem_id"] for u in result.units} <= {"p2", "p3"}
+    assert {u.problem_id for u in result.units} <= {"p2", "p3"}
     assert all(u.passed is False for u in result.units)
 
 
 def test_drop_truncated_trains_only_on_rollouts_that_ended(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
     _, _, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
-    method.cfg.drop_truncated = True
+    method.opts.drop_truncated = True
     result = method.collect(problems(), step=0)
     cut = [r for r in result.rollouts if not r.finished]
     assert cut, "a random tiny model with a 6-token budget should leave some rollouts unfinished"
     assert len(result.units) == sum(1 for r in result.rollouts if r.finished and r.response_ids)
-    assert all(u.meta["finished"] for u in result.units)
+    assert all(u.finished for u in result.units)
     assert result.metrics["rollout/kept"] == (len(result.units), len(result.rollouts))
 
 
 def test_drop_truncated_keeps_off_policy_references(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
     _, _, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
-    method.cfg.drop_truncated, method.cfg.off_policy_fraction = True, 1.0
+    method.opts.drop_truncated, method.opts.off_policy_fraction = True, 1.0
     result = method.collect(problems(), step=0)
     assert len(result.units) == len(result.rollouts) == 8  # 4 problems x n = 2, all replaced, all ended
-    assert all(r.meta.get("off_policy") and r.finished for r in result.rollouts)
+    assert all(r.off_policy and r.finished for r in result.rollouts)
 
 
 class _CountingSampler:
@@ -125,14 +126,14 @@ class _CountingSampler:
 
 def test_off_policy_share_is_not_sampled_from_the_student(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
     _, ctx, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
-    method.cfg.off_policy_fraction = 0.5
+    method.opts.off_policy_fraction = 0.5
     ctx.sampler = _CountingSampler(ctx.sampler)
     rollouts = method.collect(problems(), step=3).rollouts
-    off = [r for r in rollouts if r.meta.get("off_policy")]
+    off = [r for r in rollouts if r.off_policy]
     assert 0 < len(off) < len(rollouts) == 8
     assert len(ctx.sampler.prompts) == len(rollouts) - len(off)  # only the student's share was sampled
     # grouped by problem, sample indices 0..n-1 in order, as a plain on-policy step returns them
-    assert [(r.problem_id, r.meta["sample_index"]) for r in rollouts] == [(f"p{i}", j) for i in range(4) for j in range(2)]
+    assert [(r.problem_id, r.sample_index) for r in rollouts] == [(f"p{i}", j) for i in range(4) for j in range(2)]
     for r in off:
         reference = next(p.reference for p in problems() if p.id == r.problem_id)
         assert r.text == reference and r.prompt_ids == method.student_prompt(next(p for p in problems() if p.id == r.problem_id))
@@ -140,7 +141,7 @@ def test_off_policy_share_is_not_sampled_from_the_student(tmp_path, tiny_lm, tok
 
 def test_teacher_source_samples_the_privileged_base_model(tmp_path, tiny_lm, tokenizer, tiny_teacher_dir):
     _, ctx, method = build_tiny("opsd-forward-kl.yaml", tmp_path, tiny_lm, tokenizer, tiny_teacher_dir)
-    method.cfg.off_policy_fraction, method.cfg.off_policy_source = 1.0, "teacher"
+    method.opts.off_policy_fraction, method.opts.off_policy_source = 1.0, "teacher"
     method.cfg.sampling.temperature = 0.0  # greedy, so the expected tokens can be recomputed
     with torch.no_grad():  # make the adapter matter: the student now differs from its base
         for name, param in ctx.model.named_parameters():
@@ -149,7 +150,7 @@ def test_teacher_source_samples_the_privileged_base_model(tmp_path, tiny_lm, tok
     ctx.sampler = _CountingSampler(ctx.sampler)
     rollouts = method.collect(problems(), step=0).rollouts
     assert ctx.sampler.prompts == []  # nothing sampled from the student
-    assert len(rollouts) == 8 and all(r.meta["off_policy"] and r.logprobs is None for r in rollouts)
+    assert len(rollouts) == 8 and all(r.off_policy and r.logprobs is None for r in rollouts)
     for r in rollouts:
         problem = next(p for p in problems() if p.id == r.problem_id)
         assert r.prompt_ids == method.student_prompt(problem)  # trained on as the student's response
@@ -170,4 +171,4 @@ def test_off_policy_source_is_validated(tmp_path):
     from trajdistill import UserError
 
     with pytest.raises((UserError, ValueError), match="off_policy_source"):
-        load_config(Path("configs/demo.yaml"), ["off_policy_source=dataset"])
+        load_config(Path("configs/demo.yaml"), ["opsd.off_policy_source=dataset"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trajdistill.verify import Verifiers
 from trajdistill.config import load_config
 from trajdistill.records import Problem, Verdict
 from trajdistill.train.batch import TrainSequence
@@ -33,7 +34,7 @@ def build_tiny(tmp_path, tiny_lm, tokenizer, *sets, preset="renio-opsd.yaml"):
             "optim.lr=0.005", "optim.warmup_ratio=0", "optim.schedule=constant", "loss.chunk_size=7"]
     cfg = load_config(Path("configs") / preset, base + list(sets))
     ctx, method, _ = build(cfg, tmp_path, model=tiny_lm, tokenizer=tokenizer)
-    ctx.verify = fake_verify
+    ctx.verifier = Verifiers.of(fake_verify)
     return cfg, ctx, method
 
 
@@ -53,7 +54,7 @@ def hand_built(method, tokenizer):
                           response=[100 + 7 * i + j for j in range(len(ratios))],
                           teacher_prompt=method.teacher_prompt(problems()[i]), passed=i % 2 == 0)
         teacher = torch.full((len(ratios),), -4.0)
-        s.meta["renio_logprobs"] = (teacher + torch.tensor(ratios), teacher)
+        s.student_logprobs, s.teacher_logprobs = teacher + torch.tensor(ratios), teacher
         seqs.append(s)
     method.weigh(seqs)
     return seqs
@@ -62,9 +63,9 @@ def hand_built(method, tokenizer):
 def expected_weights(method, seqs):
     from trajdistill.methods.step_scores import padded
 
-    r = method.cfg.renio
-    student, mask = padded([s.meta["renio_logprobs"][0] for s in seqs])
-    teacher, _ = padded([s.meta["renio_logprobs"][1] for s in seqs])
+    r = method.opts
+    student, mask = padded([s.student_logprobs for s in seqs])
+    teacher, _ = padded([s.teacher_logprobs for s in seqs])
     return renio_sample_weights(student, teacher, mask, ratio_cap=r.ratio_cap, threshold=r.threshold,
                                 tau=r.tau, weight_cap=r.weight_cap, normalize="micro")
 
@@ -72,8 +73,9 @@ def expected_weights(method, seqs):
 def test_scores_and_raw_weights_follow_the_hand_built_ratios(tmp_path, tiny_lm, tokenizer):
     _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer)
     seqs = hand_built(method, tokenizer)
-    assert [s.meta["renio_score"] for s in seqs] == pytest.approx([1.75, 0.0, 0.9, 2.0])
-    assert [s.meta["renio_pivotal"] for s in seqs] == [True, False, True, True]
+    assert [s.score for s in seqs] == pytest.approx([1.75, 0.0, 0.9, 2.0])
+    _, pivotal = method.weigh(seqs)
+    assert pivotal.tolist() == [True, False, True, True]
     raw = torch.exp(torch.tensor([1.75, 0.0, 0.9, 2.0]))
     assert method.counts(seqs)["renio_weight_sum"] == pytest.approx(float(raw.sum()))
 
@@ -113,7 +115,7 @@ def test_batch_normalisation_does_not_depend_on_the_micro_batch_split(tmp_path, 
     for a, b in zip(g_whole, g_split):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
-    method.cfg.renio.normalize = "micro"  # the authors: a micro-batch of one has weight 1
+    method.opts.normalize = "micro"  # the authors: a micro-batch of one has weight 1
     ones = sum(float(method.loss([s], totals)[0]) for s in seqs)
     d = method.step_divergences(seqs)
     assert ones == pytest.approx(sum(float(x.mean()) for x in d) / len(seqs), rel=1e-5)
@@ -121,9 +123,9 @@ def test_batch_normalisation_does_not_depend_on_the_micro_batch_split(tmp_path, 
 
 
 def test_collect_scores_every_rollout_and_trains_only_the_kept(tmp_path, tiny_lm, tokenizer):
-    _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer, "outcome_filter=incorrect")
+    _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer, "renio.outcome_filter=incorrect")
     result = method.collect(problems(), step=0)
-    assert all("renio_score" in r.meta for r in result.rollouts if r.response_ids)
+    assert all(r.score is not None for r in result.rollouts if r.response_ids)
     assert result.units and all(u.passed is False for u in result.units)
     u, pairs = result.metrics["renio/auc"]
     assert pairs == 4 * 4  # 4 correct x 4 incorrect rollouts, scored although only incorrect ones train
@@ -132,9 +134,9 @@ def test_collect_scores_every_rollout_and_trains_only_the_kept(tmp_path, tiny_lm
     # the student's log-probs are the sampler's (sampling temperature), the teacher's at the same temperature
     by_ids = {tuple(r.response_ids): r for r in result.rollouts}
     for s in result.units:
-        student, teacher = s.meta["renio_logprobs"]
+        student, teacher = s.student_logprobs, s.teacher_logprobs
         torch.testing.assert_close(student, torch.tensor(by_ids[tuple(s.response)].logprobs))
-        assert s.meta["teacher_hidden"].shape[0] == len(s.response)
+        assert s.teacher_hidden.shape[0] == len(s.response)
 
 
 @pytest.mark.parametrize("preset", ["renio-opsd.yaml", "renio-opd.yaml"])

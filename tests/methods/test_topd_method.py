@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trajdistill.verify import Verifiers
 from trajdistill.config import load_config
 from trajdistill.methods.topd import branch_points
 from trajdistill.records import Problem, Verdict
@@ -31,7 +32,7 @@ def build_tiny(tmp_path, tiny_lm, tokenizer, *sets, preset="topd-opsd.yaml"):
             "topd.horizon=4", "topd.window=2"]
     cfg = load_config(Path("configs") / preset, base + list(sets))
     ctx, method, _ = build(cfg, tmp_path, model=tiny_lm, tokenizer=tokenizer)
-    ctx.verify = lambda problem, response: Verdict(passed=problem.id == "p0")
+    ctx.verifier = Verifiers.of(lambda problem, response: Verdict(passed=problem.id == "p0"))
     return cfg, ctx, method
 
 
@@ -39,7 +40,7 @@ def sequences(method, lengths):
     return [TrainSequence(student_prompt=method.student_prompt(problems()[i]),
                           response=[200 + 11 * i + j for j in range(n)],
                           teacher_prompt=method.teacher_prompt(problems()[i]), passed=False,
-                          meta={"problem_id": f"p{i}"})
+                          problem_id=f"p{i}")
             for i, n in enumerate(lengths)]
 
 
@@ -56,15 +57,15 @@ def test_filter_zeroes_high_loss_tokens_with_a_quiet_near_future(tmp_path, tiny_
     seqs = sequences(method, [len(d) for d in D])
     monkeypatch.setattr(method, "step_divergences", lambda s: [torch.tensor(d) for d in D])
     points, metrics = method.weigh_tokens(seqs)
-    zeros = [(i, t) for i, s in enumerate(seqs) for t, u in enumerate(s.meta["token_weights"].tolist()) if u == 0]
+    zeros = [(i, t) for i, s in enumerate(seqs) for t, u in enumerate(s.token_weights.tolist()) if u == 0]
     assert zeros == [(0, 0), (1, 1)]
     assert metrics["topd/filtered_of_high"] == (2.0, 4.0)
     assert metrics["topd/filtered_frac"] == (2.0, 20.0)
     assert points == [[3], [4], []]  # guidance only at kept high-loss positions
 
-    method.cfg.topd.filter = False  # the "OPD" / guidance-only arm: nothing filtered
+    method.opts.filter = False  # the "OPD" / guidance-only arm: nothing filtered
     points, _ = method.weigh_tokens(seqs)
-    assert all(bool((s.meta["token_weights"] == 1).all()) for s in seqs)
+    assert all(bool((s.token_weights == 1).all()) for s in seqs)
     assert points == [[0, 3], [1, 4], []]
 
 
@@ -78,11 +79,11 @@ def test_branch_points_take_the_largest_candidates_in_text_order():
 def test_loss_weights_filtered_tokens_zero_and_normalises_over_the_step(tmp_path, tiny_lm, tokenizer):
     _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer)
     seqs = sequences(method, [5, 3])
-    seqs[0].meta["token_weights"] = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
+    seqs[0].token_weights = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
     d = method.step_divergences(seqs)
     totals = {"tokens": 20.0, "sequences": 5.0, "guidance_tokens": 0.0, "guidance_sequences": 0.0}
     loss, metrics = method.loss(seqs, totals)
-    expected = (float((d[0] * seqs[0].meta["token_weights"]).sum()) + float(d[1].sum())) / 20.0
+    expected = (float((d[0] * seqs[0].token_weights).sum()) + float(d[1].sum())) / 20.0
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     assert metrics["kl/mean"][1] == 8  # logged over every rollout token
 
@@ -104,8 +105,8 @@ def test_guidance_branches_continue_the_prefix_before_the_divergent_token(tmp_pa
     assert asked == [seqs[0].teacher_prompt + y0[:2], seqs[0].teacher_prompt + y0[:5], seqs[1].teacher_prompt]
     assert [b.teacher_prompt for b in branches] == asked
     assert [b.response for b in branches] == [[900, 901], [901, 902], [902, 903]]
-    assert all(b.meta["guidance"] and b.sample_weight == 0.5 for b in branches)
-    assert [b.meta["branch_at"] for b in branches] == [2, 5, 0]
+    assert all(b.guidance and b.sample_weight == 0.5 for b in branches)
+    assert [len(b.student_prompt) - len(seqs[i].student_prompt) for b, i in zip(branches, [0, 0, 1])] == [2, 5, 0]
 
     # L = sum u D / N + lambda_g sum_branches D / N_g, each with its own count
     totals = method.counts(seqs + branches)
@@ -139,7 +140,7 @@ def test_a_few_topd_steps_lower_the_loss_with_filter_and_guidance(tmp_path, tiny
     torch.manual_seed(0)
     result = method.collect(problems(), step=0)
     units = result.units
-    branches = [u for u in units if u.meta.get("guidance")]
+    branches = [u for u in units if u.guidance]
     assert branches and result.metrics["topd/branches"][0] == len(branches)
     assert len(branches) <= 2 * result.metrics["rollout/kept"][0]
     totals = method.counts(units)

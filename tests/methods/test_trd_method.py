@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trajdistill.verify import Verifiers
 from trajdistill import UserError
 from trajdistill.config import load_config
 from trajdistill.methods.trd import (
@@ -37,7 +38,7 @@ def build_trd(tmp_path, tiny_lm, tokenizer, *sets):
         "sampling.max_new_tokens=3", "lora.r=4", "lora.alpha=8", f"output_dir={tmp_path}", "loss.chunk_size=7",
         "optim.problems_per_step=4", *sets])
     ctx, method, _ = build(cfg, tmp_path, model=tiny_lm, tokenizer=tokenizer)
-    ctx.verify = fake_verify
+    ctx.verifier = Verifiers.of(fake_verify)
     return ctx, method
 
 
@@ -152,7 +153,7 @@ def test_raw_fallback_trains_on_y_o_with_the_plain_teacher_context(tmp_path, tin
     assert r["refine_status"] == "truncated"
     seq = method.sequence(r)
     assert seq.response == y_o.response_ids and seq.teacher_prompt == method.teacher_prompt(p)
-    method.cfg.trd.fallback = "drop"
+    method.opts.fallback = "drop"
     assert method.sequence(r) is None
 
 
@@ -201,7 +202,7 @@ def test_offline_pass_saves_a_dataset_that_restarts_stage3_without_sampling(tmp_
 
 
 def test_empty_training_set_after_filters_is_a_user_error(tmp_path, tiny_lm, tokenizer):
-    _, method = build_trd(tmp_path, tiny_lm, tokenizer, "outcome_filter=fail_to_pass")
+    _, method = build_trd(tmp_path, tiny_lm, tokenizer, "trd.outcome_filter=fail_to_pass")
     method.sample_dataset = lambda problems: [dict(row(y_o_passed=True), y_o_tokens=2, y_r_tokens=1,
                                                    echo_stripped=False)]
     with pytest.raises(UserError, match="no rollout left"):

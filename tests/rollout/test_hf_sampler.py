@@ -14,7 +14,7 @@ def test_returns_n_rollouts_per_prompt_in_input_order(tiny_lm, tokenizer):
     sampler = make_sampler("hf", tiny_lm, tokenizer, batch_size=4, progress=False)
     out = sampler.sample(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=0), [p.id for p in problems])
     assert [r.problem_id for r in out] == ["p0", "p0", "p1", "p1", "p2", "p2"]
-    assert [r.meta["sample_index"] for r in out] == [0, 1] * 3
+    assert [r.sample_index for r in out] == [0, 1] * 3
     for r in out:
         assert r.prompt_ids == prompts[int(r.problem_id[1])]
         assert 1 <= len(r.response_ids) <= 6

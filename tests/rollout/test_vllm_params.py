@@ -23,7 +23,7 @@ def test_vllm_outputs_become_rollouts_with_eos_restored():
     cut = SimpleNamespace(token_ids=[7], text="c", finish_reason="length", logprobs=[step(7, -0.3)])
     out = rollouts_from_vllm([SimpleNamespace(outputs=[completion, cut])], [[1, 2]], ["p"], eos_id=2)
     assert out[0].response_ids == [5, 6, 2] and out[0].finished and out[0].logprobs == [-0.1, -0.2, 0.0]
-    assert out[1].response_ids == [7] and not out[1].finished and out[1].meta["sample_index"] == 1
+    assert out[1].response_ids == [7] and not out[1].finished and out[1].sample_index == 1
 
 
 def test_merged_state_dict_equals_merge_and_unload_and_leaves_adapter(tiny_lm):

@@ -40,7 +40,7 @@ def main(out: str, aggregation: str) -> None:
     ctx, method, accelerator = build(cfg, Path(out).parent, model=tiny_model(tok, seed=0), tokenizer=tok)
     batches = {s: fixed_sequences(s) for s in range(2)}
     method.collect = lambda items, step: StepResult([batches[step][i] for i in items])
-    trainer = Trainer(cfg, Path(out).parent / "run", method, ctx.model, list(range(8)), accelerator=accelerator)
+    trainer = Trainer(cfg, Path(out).parent / "run", method, ctx, list(range(8)), accelerator=accelerator)
     trainer.order.indices = lambda step: list(range(8))  # the same fixed global batch, in order
     model = accelerator.unwrap_model(trainer.model) if accelerator else trainer.model
     grads = {}

@@ -9,7 +9,7 @@ import pytest
 
 from trajdistill import UserError
 from trajdistill.records import Problem
-from trajdistill.verify import AutoVerifier
+from trajdistill.verify import Verifiers
 from trajdistill.verify.math import MathVerifier, boxed_contents, extract_answer, verify_math
 
 
@@ -114,7 +114,7 @@ def test_missing_gold_answer_is_a_user_error(verifier):
 
 
 def test_auto_verifier_routes_math_problems():
-    assert AutoVerifier().check(_problem("\\frac{1}{2}"), "\\boxed{0.5}").passed
+    assert Verifiers().check(_problem("\\frac{1}{2}"), "\\boxed{0.5}").passed
 
 
 def test_slow_comparison_times_out_and_the_worker_recovers():

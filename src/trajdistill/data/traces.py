@@ -31,6 +31,7 @@ from trajdistill.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from trajdistill.records import Problem, Verdict
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
 from trajdistill.rollout.prompts import chat_ids
+from trajdistill.verify import check_all
 
 # ---------------------------------------------------------------------------------------------
 # Reading and writing row sets
@@ -191,11 +192,12 @@ def sample_chunk(problems: list[Problem], sampler, tokenizer, verify, settings: 
     by_id = {p.id: p for p in problems}
     student_lengths = {p.id: len(render_prompt(tokenizer, p, s.instruction, s.system)) for p in problems}
     rows = []
-    for r in sampler.sample(prompts, params, [p.id for p in problems]):
+    rollouts = sampler.sample(prompts, params, [p.id for p in problems])
+    verdicts = check_all(verify, [by_id[r.problem_id] for r in rollouts], [r.text for r in rollouts])
+    for r, verdict in zip(rollouts, verdicts):
         problem = by_id[r.problem_id]
-        verdict = verify(problem, r.text)
         rows.append({
-            "problem_id": r.problem_id, "sample_index": int(r.meta.get("sample_index", 0)),
+            "problem_id": r.problem_id, "sample_index": r.sample_index,
             "prompt": student_text(problem, s.instruction), "completion": r.text,
             "correct": bool(verdict.passed), "verdict": verdict.status or ("passed" if verdict.passed else "failed"),
             "length": len(r.response_ids), "prompt_length": student_lengths[r.problem_id],

@@ -14,7 +14,8 @@ from trajdistill.config import EvalSpec, PromptSpec
 from trajdistill.eval.metrics import mean_se, pass_at_k
 from trajdistill.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from trajdistill.records import Problem, Rollout, Verdict
-from trajdistill.rollout import SamplingParams, make_sampler, render_prompt
+from trajdistill.rollout import SamplingParams, Sampler, render_prompt
+from trajdistill.verify import Verifiers, check_all
 
 REFLECTION_WORDS = ("wait", "actually", "alternatively", "hmm", "however", "let me check", "double-check",
                     "verify")
@@ -31,20 +32,18 @@ def _stat(values: list[float]) -> dict[str, float]:
 
 
 def evaluate(
-    model,
+    sampler: Sampler,
     tokenizer,
     problems: list[Problem],
     spec: EvalSpec,
     prompt: PromptSpec,
-    verify: Callable[[Problem, str], Verdict],
+    verify: Verifiers | Callable[[Problem, str], Verdict],
     *,
-    backend: str = "hf",
-    batch_size: int = 32,
     out_dir: Path | None = None,
     label: str = "eval",
 ) -> dict:
-    """Sample, verify and summarise; write `<out_dir>/<label>.{json,md}` and `<label>.samples.jsonl`."""
-    sampler = make_sampler(backend, model, tokenizer, batch_size=batch_size)
+    """Sample with `sampler` (already synced with the weights to evaluate), verify and summarise;
+    write `<out_dir>/<label>.{json,md}` and `<label>.samples.jsonl`."""
     prompts = [render_prompt(tokenizer, p, prompt.instruction, prompt.system) for p in problems]
     ids = [p.id for p in problems]
     by_id = {p.id: p for p in problems}
@@ -55,10 +54,11 @@ def evaluate(
 
     def run(params: SamplingParams, mode: str) -> dict[str, list[Rollout]]:
         grouped: dict[str, list[Rollout]] = {i: [] for i in ids}
-        for r in sampler.sample(prompts, params, ids):
-            r.verdict = verify(by_id[r.problem_id], r.text)
+        rollouts = sampler.sample(prompts, params, ids)
+        for r, verdict in zip(rollouts, check_all(verify, [by_id[r.problem_id] for r in rollouts], [r.text for r in rollouts])):
+            r.verdict = verdict
             grouped[r.problem_id].append(r)
-            rows.append({"mode": mode, "problem_id": r.problem_id, "sample": r.meta.get("sample_index", 0),
+            rows.append({"mode": mode, "problem_id": r.problem_id, "sample": r.sample_index,
                          "response": r.text, "passed": r.verdict.passed, "status": r.verdict.status,
                          "tokens": len(r.response_ids), "finished": r.finished})
         return grouped

@@ -1,34 +1,65 @@
-"""What every method gets from the trainer, and what it gives back.
+"""The `Method` base class: what a method declares, and what it gives the shared trainer.
 
-A method answers three questions for the generic loop in `trajdistill.train.loop`:
-- `collect(items, step)`: turn this process's share of the step's data into training units
-  (sampling, verification, teacher contexts; no gradient).
-- `counts(units)`: how many tokens / sequences they hold (summed over processes and micro-batches,
-  these normalise the loss, so accumulation and several processes give the full batch's gradient).
-- `loss(units, totals)`: the loss of one micro-batch, already divided by the global totals.
+A method is one class in one module, registered under a name (`trajdistill.methods.register`).
+Its class declares what it needs; the trainer builds that and hands it over in a `MethodContext`:
+
+- `Options`: the pydantic model of its own config section (the YAML section named after the
+  method). Options of other methods are errors, not silent no-ops.
+- `needs_sampler`: the trainer's long-lived sampler (`ctx.sampler`) is used for rollouts.
+- `teacher_kind(options)`: "none", "separate" (the `teacher:` model) or "self" (the student's
+  own base weights: adapter off under LoRA, a frozen copy otherwise).
+- `uses_loss_section`: whether `loss.*` (divergence, clipping, top-k, ...) applies to it.
+
+The generic loop (`trajdistill.train.loop`) then calls, every step:
+- `collect(items, step)`: this process's share of the step's data -> training units (sampling,
+  verification, teacher contexts; no gradient).
+- `counts(units)`: sums that normalise the loss (summed over processes and micro-batches, so
+  accumulation and several processes give the full batch's gradient).
+- `loss(units, totals)`: the loss of one micro-batch, already divided by the global totals, and
+  its metrics as (sum, count) pairs.
+
+Optional steps, with defaults here: `train_items` (what the data order iterates over),
+`checked_prompts` (prompts preflight measures against `sampling.max_prompt_tokens`),
+`progress_metrics` (what the progress line shows) and `check_config` (cross-field validation
+at config load time, before any model is touched).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal
 
-import torch
+from pydantic import BaseModel, ConfigDict
 
-from trajdistill.config import RunConfig
-from trajdistill.records import Problem, Verdict
+from trajdistill.records import Problem
+
+if TYPE_CHECKING:  # torch is imported by the methods themselves, so a config loads without it
+    import torch
+
+    from trajdistill.config import RunConfig
+    from trajdistill.verify import Verifiers
+
+
+class MethodOptions(BaseModel):
+    """Base of every method's config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+TeacherKind = Literal["none", "separate", "self"]
 
 
 @dataclass
 class MethodContext:
-    cfg: RunConfig
-    model: Any  # the student (peft or plain; possibly wrapped by accelerate)
+    cfg: "RunConfig"
+    model: Any  # the student (peft or plain; wrapped by accelerate once the trainer prepares it)
     tokenizer: Any
     device: torch.device
-    sampler: Any = None
-    teacher: Any = None
-    verify: Callable[[Problem, str], Verdict] | None = None
+    verifier: "Verifiers"
+    sampler: Any = None  # the trainer's long-lived sampler (rollouts and evaluation)
+    teacher: Any = None  # a `trajdistill.teacher.Teacher`
+    teacher_sampler: Any = None  # samples from the teacher (TRD refinements, TOPD guidance, ...)
     run_dir: Path | None = None
     rank: int = 0
     world: int = 1
@@ -46,9 +77,44 @@ class StepResult:
     rollouts: list = field(default_factory=list)  # kept for logging / datasets
 
 
-class Method(Protocol):
-    def collect(self, items: list, step: int) -> StepResult: ...
+class Method:
+    """Subclass, set the class attributes, implement `collect`, `counts` and `loss`."""
 
-    def counts(self, units: list) -> dict[str, float]: ...
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    needs_sampler: ClassVar[bool] = False
+    uses_loss_section: ClassVar[bool] = True
+    progress_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """(label, metric key) pairs shown on the progress line next to the loss."""
 
-    def loss(self, units: list, totals: dict[str, float]) -> tuple[torch.Tensor, dict]: ...
+    def __init__(self, ctx: MethodContext):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.opts = ctx.cfg.options
+
+    # -- declarations read before any model loads -------------------------------------------
+    @classmethod
+    def teacher_kind(cls, options: MethodOptions) -> TeacherKind:
+        return "none"
+
+    @classmethod
+    def check_config(cls, cfg: "RunConfig") -> None:
+        """Cross-field checks of the whole config; raise ValueError("field 'x': ...")."""
+
+    # -- optional steps ----------------------------------------------------------------------
+    def train_items(self, problems: list[Problem]) -> list:
+        """What the trainer's data order walks over (default: the training problems)."""
+        return problems
+
+    def checked_prompts(self, problem: Problem) -> Iterable[tuple[str, list[int]]]:
+        """(what, token ids) of every prompt this method builds for `problem`, for preflight."""
+        return ()
+
+    # -- every step ----------------------------------------------------------------------------
+    def collect(self, items: list, step: int) -> StepResult:
+        raise NotImplementedError
+
+    def counts(self, units: list) -> dict[str, float]:
+        raise NotImplementedError
+
+    def loss(self, units: list, totals: dict[str, float]) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError

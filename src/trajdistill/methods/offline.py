@@ -1,6 +1,6 @@
 """SFT, REDI, DPO and SimPO: sequence objectives on a fixed data set of teacher traces.
 
-    items = rows of `offline.dataset` (prompt/completion for sft; prompt/chosen/rejected otherwise)
+    items = rows of the method's `dataset` (prompt/completion for sft; prompt/chosen/rejected otherwise)
     for each optimisation step (the shared Trainer picks `optim.problems_per_step` rows):
         log p(y|x) = sum of the completion tokens' log-probs, |y| = their count (EOS included)
         sft:   L = mean_i [ -log p(y_i|x_i)/|y_i| ]
@@ -14,7 +14,7 @@ accumulation and several processes give exactly the mean over the optimisation b
 
 DPO's reference log-probs are computed once, before the first step, and cached in the run
 directory (`reference_logps.jsonl`, keyed by a hash of the tokens). The reference is
-`offline.reference` if set; otherwise the starting model: under LoRA the model with its adapter
+`dpo.reference` if set; otherwise the starting model: under LoRA the model with its adapter
 disabled (exactly the loaded weights), without LoRA the weights before any update (scoring happens
 before training starts, so no frozen copy is kept). Start stage 2 from the exported stage-1 model
 (`model.name: runs/.../sft/final`) and the reference is the SFT model, as in the REDI paper.
@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 from rich.console import Console
 
 from trajdistill import UserError
 from trajdistill.data.traces import read_rows
 from trajdistill.files import append_jsonl, read_jsonl
 from trajdistill.losses.sequence import dpo_loss, pair_logp_metrics, redi_loss, sft_loss, simpo_loss
-from trajdistill.methods.base import MethodContext, StepResult
+from trajdistill.methods.base import Method, MethodOptions, StepResult
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.rollout.prompts import _as_ids, chat_ids
 from trajdistill.train.batch import TrainSequence, collate
@@ -105,20 +106,58 @@ def sequence_logps(model, pad_id: int, prompts: list[list[int]], responses: list
 # Methods
 
 
-class OfflineMethod:
-    """Shared plumbing: load and tokenise `offline.dataset`, hand rows through, count them."""
+class OfflineOptions(MethodOptions):
+    """Options every offline method shares (the section named after the method, e.g. `sft:`).
 
+    Data sets follow Hugging Face conventions: `prompt`/`completion` rows for `sft`,
+    `prompt`/`chosen`/`rejected` rows for `redi`, `dpo` and `simpo` (strings: the prompt is the
+    user turn, rendered with the model's chat template; or conversational message lists).
+    """
+
+    dataset: str | None = None
+    """Training data: a .jsonl / .parquet file or a saved `datasets` directory (required)."""
+    max_prompt_tokens: int = Field(512, ge=1)
+    """Rows whose templated prompt is longer are dropped (counted in the log)."""
+    max_response_tokens: int = Field(512, ge=1)
+    """Rows with a longer completion (chosen or rejected) are dropped."""
+
+
+class REDIOptions(OfflineOptions):
+    alpha: float = Field(0.8, ge=0.0)
+    """Weight of the rejected term: 0 = SFT, 1 = symmetric (collapses); authors: 0.8."""
+
+
+class DPOOptions(OfflineOptions):
+    beta: float = Field(0.1, gt=0.0)
+    """DPO's beta (the REDI paper's tuned baseline: 0.001, seed 004 App. C.4)."""
+    reference: str | None = None
+    """Reference model; None: the starting model (adapter disabled under LoRA), i.e. the stage-1
+    SFT model when `model.name` is its exported directory. Scored once, before training."""
+
+
+class SimPOOptions(OfflineOptions):
+    beta: float = Field(2.0, gt=0.0)
+    """SimPO's beta (the REDI paper's baseline: 2.0, seed 004 App. C.4)."""
+    gamma: float = 1.0
+    """SimPO's target margin gamma (the REDI paper's baseline: 1.0)."""
+
+
+class OfflineMethod(Method):
+    """Shared plumbing: load and tokenise the method's `dataset`, hand rows through, count them."""
+
+    Options = OfflineOptions
+    uses_loss_section = False
+    progress_metrics = (("margin", "logp/margin"),)
     columns: tuple[str, ...] = ()
     unit = "pairs"
 
-    def __init__(self, ctx: MethodContext):
-        self.ctx = ctx
-        self.cfg = ctx.cfg
-        self.spec = ctx.cfg.offline
+    @property
+    def spec(self):
+        return self.opts
 
     def rows(self) -> list[dict]:
         if not self.spec.dataset:
-            raise UserError(f"method {self.cfg.method} needs `offline.dataset` (see `trajdistill traces`)")
+            raise UserError(f"method {self.cfg.method} needs `{self.cfg.method}.dataset` (see `trajdistill traces`)")
         rows = read_rows(self.spec.dataset)
         if not rows:
             raise UserError(f"{self.spec.dataset}: the data set is empty")
@@ -137,7 +176,7 @@ class OfflineMethod:
             console.print(f"{self.cfg.method}: {len(units)} {self.unit} from {self.spec.dataset}"
                           + (f" ({dropped} over the length limits dropped)" if dropped else ""))
         if not units:
-            raise UserError(f"{self.spec.dataset}: no rows within offline.max_prompt_tokens / max_response_tokens")
+            raise UserError(f"{self.spec.dataset}: no rows within {self.cfg.method}.max_prompt_tokens / max_response_tokens")
         return units
 
     def fits(self, prompt: list[int], *responses: list[int]) -> bool:
@@ -146,6 +185,9 @@ class OfflineMethod:
 
     def collect(self, items: list, step: int) -> StepResult:
         return StepResult(list(items))
+
+    def checked_prompts(self, problem):
+        return ()
 
     def logps(self, prompts, responses):
         return sequence_logps(self.ctx.model, self.ctx.pad_id, prompts, responses, self.ctx.device,
@@ -163,8 +205,7 @@ class SFT(OfflineMethod):
         completion = completion_ids(self.ctx.tokenizer, row["completion"])
         return Example(prompt, completion) if self.fits(prompt, completion) else None
 
-    @staticmethod
-    def counts(units: list[Example]) -> dict[str, float]:
+    def counts(self, units: list[Example]) -> dict[str, float]:
         return {"sequences": float(len(units)), "tokens": float(sum(len(u.completion) for u in units))}
 
     def loss(self, units: list[Example], totals: dict) -> tuple[torch.Tensor, dict]:
@@ -183,8 +224,7 @@ class PairMethod(OfflineMethod):
         chosen, rejected = completion_ids(tok, row["chosen"]), completion_ids(tok, row["rejected"])
         return Pair(prompt, chosen, rejected) if self.fits(prompt, chosen, rejected) else None
 
-    @staticmethod
-    def counts(units: list[Pair]) -> dict[str, float]:
+    def counts(self, units: list[Pair]) -> dict[str, float]:
         return {"pairs": float(len(units)), "tokens": float(sum(len(u.chosen) + len(u.rejected) for u in units))}
 
     def pair_logps(self, units: list[Pair]):
@@ -198,21 +238,27 @@ class PairMethod(OfflineMethod):
 
 
 class REDI(PairMethod):
-    """`method: redi`: asymmetric REINFORCE-style objective, alpha = `offline.alpha`."""
+    """`method: redi`: asymmetric REINFORCE-style objective, alpha = `redi.alpha`."""
+
+    Options = REDIOptions
 
     def objective(self, units, c, c_len, r, r_len, *, normalizer):
         return redi_loss(c, c_len, r, r_len, alpha=self.spec.alpha, normalizer=normalizer)
 
 
 class SimPO(PairMethod):
-    """`method: simpo`: beta = `offline.beta`, gamma = `offline.gamma`, no reference."""
+    """`method: simpo`: beta = `simpo.beta`, gamma = `simpo.gamma`, no reference."""
+
+    Options = SimPOOptions
 
     def objective(self, units, c, c_len, r, r_len, *, normalizer):
         return simpo_loss(c, c_len, r, r_len, beta=self.spec.beta, gamma=self.spec.gamma, normalizer=normalizer)
 
 
 class DPO(PairMethod):
-    """`method: dpo`: beta = `offline.beta`; reference log-probs scored once and cached."""
+    """`method: dpo`: beta = `dpo.beta`; reference log-probs scored once and cached."""
+
+    Options = DPOOptions
 
     def train_items(self, problems) -> list:
         pairs = super().train_items(problems)
@@ -269,7 +315,7 @@ class DPO(PairMethod):
                 del ref
             return
         model.eval()
-        off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        off = model.disable_adapter() if self.cfg.lora.enabled else contextlib.nullcontext()
         try:
             with off:
                 yield model

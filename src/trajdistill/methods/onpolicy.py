@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 
 from trajdistill.losses import chunked_divergence_from_hidden
-from trajdistill.methods.base import MethodContext, StepResult
+from trajdistill.methods.base import Method, MethodOptions, StepResult, TeacherKind
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
@@ -36,12 +38,68 @@ class Hidden:
     teacher_head: torch.Tensor
 
 
-class OnPolicyDistillation:
-    """`method: opd` (separate teacher) and `method: opsd` (privileged self-teacher)."""
+class OnPolicyOptions(MethodOptions):
+    """Options every on-policy method shares (the section named after the method, e.g. `opsd:`)."""
 
-    def __init__(self, ctx: MethodContext):
-        self.ctx = ctx
-        self.cfg = ctx.cfg
+    off_policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """GKD-style share of responses that do not come from the student (0: fully on-policy)."""
+    off_policy_source: Literal["reference", "teacher"] = "reference"
+    """Where that share comes from: the data set's reference solution, or a sample from the teacher
+    under its own context (OPSD: the privileged prompt; GKD's teacher-generated data). Either way the
+    student is trained along it under the student's prompt, token by token against the teacher."""
+    outcome_filter: Literal["all", "incorrect", "correct"] = "all"
+    """Train only on rollouts with this verifier outcome (ReNIO's filtering experiment)."""
+    drop_truncated: bool = False
+    """Leave out rollouts that hit `sampling.max_new_tokens` without ending (DAPO's overlong
+    filtering). Along a cut-off rollout a small model is often repeating itself, and a teacher that
+    wants a properly ended answer keeps scoring "continue", so training on them teaches not to stop.
+    Data set references always end; teacher samples cut at the budget are dropped like the student's."""
+    diagnostics: bool = True
+    """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
+    teacher/student perplexity gap)."""
+
+
+class SettingOptions(OnPolicyOptions):
+    """On-policy methods that work with either teacher (TRD, ReNIO, TOPD)."""
+
+    setting: Literal["opd", "opsd"] = "opsd"
+    """opd: the separate `teacher:` model, same prompt; opsd: the student's base shown the reference."""
+
+
+class OnPolicyDistillation(Method):
+    """The on-policy path every on-policy method walks; `OPD` and `OPSD` below are it unchanged."""
+
+    Options = OnPolicyOptions
+    needs_sampler = True
+    progress_metrics = (("kl", "kl/mean"), ("pass", "rollout/pass_rate"))
+    fixed_setting: ClassVar[str | None] = None
+    """opd / opsd name their setting; the other methods read it from their options."""
+    needs_sampling_logprobs: ClassVar[bool] = False
+    """The method uses log-probs of the sampling distribution (its loss temperature must match)."""
+
+    @classmethod
+    def setting_of(cls, options) -> str:
+        return cls.fixed_setting or options.setting
+
+    @classmethod
+    def teacher_kind(cls, options) -> TeacherKind:
+        return "separate" if cls.setting_of(options) == "opd" else "self"
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.sampling.temperature == 0.0:
+            raise ValueError("field 'sampling.temperature': 0 is greedy; on-policy training needs sampled "
+                             "rollouts (> 0)")
+        sampled = cfg.loss.divergence == "sampled_token"
+        if (sampled or cls.needs_sampling_logprobs) and abs(cfg.loss.temperature - cfg.sampling.temperature) > 1e-9:
+            raise ValueError(
+                f"field 'loss.temperature': {cfg.loss.temperature} must equal sampling.temperature "
+                f"({cfg.sampling.temperature}): the {'sampled-token' if sampled else cfg.method} estimate "
+                "uses log-probs of the distribution the tokens were sampled from")
+
+    @property
+    def setting(self) -> str:
+        return self.setting_of(self.opts)
 
     # -- station 1: rollouts ------------------------------------------------------------------
     def student_prompt(self, problem: Problem) -> list[int]:
@@ -50,9 +108,13 @@ class OnPolicyDistillation:
 
     def teacher_prompt(self, problem: Problem) -> list[int]:
         p = self.cfg.prompt
-        if self.cfg.setting == "opsd":
+        if self.setting == "opsd":
             return render_privileged_prompt(self.ctx.tokenizer, problem, p.privileged, p.instruction, p.system)
         return self.student_prompt(problem)
+
+    def checked_prompts(self, problem: Problem):
+        yield "student prompt", self.student_prompt(problem)
+        yield "teacher prompt", self.teacher_prompt(problem)
 
     def sampling_params(self, step: int) -> SamplingParams:
         s = self.cfg.sampling
@@ -62,8 +124,6 @@ class OnPolicyDistillation:
 
     def rollouts(self, problems: list[Problem], step: int) -> list[Rollout]:
         """n responses per problem: the student's, except the off-policy share (GKD's mixing)."""
-        if hasattr(self.ctx.sampler, "sync_weights"):  # engines holding their own copy (vLLM)
-            self.ctx.sampler.sync_weights(self.ctx.model)
         params = self.sampling_params(step)
         off = self._off_policy_slots(problems, step)
         if not off:
@@ -72,17 +132,18 @@ class OnPolicyDistillation:
         else:
             rollouts = self._mixed_rollouts(problems, params, off)
         by_id = {p.id: p for p in problems}
-        for r in rollouts:
-            r.verdict = self.ctx.verify(by_id[r.problem_id], r.text)
+        verdicts = self.ctx.verifier.check_many([by_id[r.problem_id] for r in rollouts], [r.text for r in rollouts])
+        for r, verdict in zip(rollouts, verdicts):
+            r.verdict = verdict
         return rollouts
 
     def _off_policy_slots(self, problems: list[Problem], step: int) -> set[tuple[int, int]]:
         """(problem index, sample index) of the responses that do not come from the student."""
-        frac = self.cfg.off_policy_fraction
+        frac = self.opts.off_policy_fraction
         if frac <= 0:
             return set()
         gen = torch.Generator().manual_seed(self.cfg.seed * 31 + step)
-        needs_reference = self.cfg.off_policy_source == "reference"
+        needs_reference = self.opts.off_policy_source == "reference"
         slots = set()
         for i, problem in enumerate(problems):
             for j in range(self.cfg.sampling.n):
@@ -101,7 +162,7 @@ class OnPolicyDistillation:
         made = dict(zip(student_slots, self.ctx.sampler.sample(
             [self.student_prompt(problems[i]) for i, _ in student_slots], one,
             [problems[i].id for i, _ in student_slots])))
-        if self.cfg.off_policy_source == "teacher":
+        if self.opts.off_policy_source == "teacher":
             teacher_params = dataclasses.replace(one, seed=(params.seed or 0) + 77_777)
             made.update(zip(off_slots, self.sample_teacher(
                 [self.teacher_prompt(problems[i]) for i, _ in off_slots], teacher_params,
@@ -113,60 +174,62 @@ class OnPolicyDistillation:
                 made[(i, j)] = Rollout(problems[i].id, [], tok(ref, add_special_tokens=False)["input_ids"]
                                        + [tok.eos_token_id], ref)
         for (i, j), r in made.items():
-            r.meta["sample_index"] = j
+            r.sample_index = j
             if (i, j) in off:
-                r.prompt_ids, r.logprobs, r.meta["off_policy"] = self.student_prompt(problems[i]), None, True
+                r.prompt_ids, r.logprobs, r.off_policy = self.student_prompt(problems[i]), None, True
         return [made[s] for s in slots]
 
     def sample_teacher(self, prompts: list[list[int]], params: SamplingParams,
                        ids: list[str] | None = None) -> list[Rollout]:
-        """Samples from the teacher under `prompts` (OPSD: the student's base, adapter disabled).
-        Plain HF generation on the teacher's weights, whatever the student's sampling backend."""
-        from trajdistill.rollout.hf import HFSampler
-
-        teacher = self.ctx.teacher
-        sampler = HFSampler(teacher.model, self.ctx.tokenizer, batch_size=self.cfg.sampling.batch_size,
-                            progress=False)
-        with teacher.as_teacher():
-            return sampler.sample(prompts, params, ids)
+        """Samples from the teacher under `prompts` (OPSD: the student's base, adapter disabled),
+        through the trainer's teacher sampler (the same backend as the student's)."""
+        return self.ctx.teacher_sampler.sample(prompts, params, ids)
 
     def keep(self, rollout: Rollout) -> bool:
         """Outcome filter (ReNIO's controlled experiment): all, incorrect or correct only; and,
         with `drop_truncated`, only rollouts that ended before the token budget."""
-        if self.cfg.drop_truncated and not rollout.finished:
+        if self.opts.drop_truncated and not rollout.finished:
             return False
-        mode = self.cfg.outcome_filter
+        mode = self.opts.outcome_filter
         passed = bool(rollout.verdict and rollout.verdict.passed)
         return mode == "all" or (mode == "correct") == passed
 
     def collect(self, problems: list[Problem], step: int) -> StepResult:
         rollouts = self.rollouts(problems, step)
         teacher_prompts = {p.id: self.teacher_prompt(p) for p in problems}
-        seqs = [
-            TrainSequence(student_prompt=r.prompt_ids, response=r.response_ids,
-                          teacher_prompt=teacher_prompts[r.problem_id], passed=r.verdict.passed,
-                          meta={"problem_id": r.problem_id, "finished": r.finished})
-            for r in rollouts
-            if r.response_ids and self.keep(r)
-        ]
+        seqs = [rollout_sequence(r, teacher_prompts[r.problem_id]) for r in rollouts
+                if r.response_ids and self.keep(r)]
         return StepResult(seqs, rollout_metrics(rollouts, len(seqs)), rollouts)
 
     # -- stations 2-5: teacher scores, weights, loss --------------------------------------------
-    def hidden(self, batch: ScoredBatch) -> Hidden:
+    def hidden(self, seqs: list[TrainSequence], batch: ScoredBatch) -> Hidden:
+        """Student states with gradient; the teacher's from each sequence's cache when every
+        sequence has one (methods that score the whole step first), else computed now."""
         model, s = self.ctx.model, batch.student
         device = self.ctx.device
         states = final_hidden(model, s.input_ids.to(device), s.attention_mask.to(device))
-        t = batch.teacher
-        teacher_states = self.ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols)
+        if all(q.teacher_hidden is not None for q in seqs):
+            teacher_states = torch.cat([q.teacher_hidden for q in seqs]).to(device)
+        else:
+            t = batch.teacher
+            teacher_states = self.ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols)
         return Hidden(states[s.rows.to(device), s.cols.to(device)], teacher_states,
                       lm_head_weight(model), self.ctx.teacher.head_weight())
 
-    def token_weights(self, batch: ScoredBatch, hidden: Hidden, totals: dict) -> tuple[torch.Tensor, float]:
-        """Per-token weights u and normaliser Z: token mean or sequence mean, times sample weights."""
-        device = hidden.student.device
-        w = batch.sample_weights.to(device)[batch.seq_index.to(device)]
+    def weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> tuple[torch.Tensor, float]:
+        """The one weighting hook: per-token weights `w_i u_t` and the normaliser Z (token mean or
+        sequence mean over the optimisation batch). ReNIO replaces `w_i`, TOPD `u_t` and Z."""
+        return self.token_weights(batch, totals)
+
+    def token_weights(self, batch: ScoredBatch, totals: dict, sample_weights: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, float]:
+        device = self.ctx.device
+        idx = batch.seq_index.to(device)
+        w = (batch.sample_weights if sample_weights is None else sample_weights).to(device)[idx]
+        if batch.token_weights is not None:
+            w = w * batch.token_weights.to(device)
         if self.cfg.loss.aggregation == "sequence":
-            w = w / batch.lengths.to(device)[batch.seq_index.to(device)].float()
+            w = w / batch.lengths.to(device)[idx].float()
             return w, float(totals["sequences"])
         return w, float(totals["tokens"])
 
@@ -184,13 +247,14 @@ class OnPolicyDistillation:
         )
 
     def loss(self, seqs: list[TrainSequence], totals: dict) -> tuple[torch.Tensor, dict]:
+        """The one on-policy loss: L = sum_{i,t} w_i u_t D_t(i) / Z."""
         batch = collate(seqs, self.ctx.pad_id)
-        hidden = self.hidden(batch)
-        weights, normalizer = self.token_weights(batch, hidden, totals)
+        hidden = self.hidden(seqs, batch)
+        weights, normalizer = self.weights(seqs, batch, totals)
         loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
-        metrics = divergence_metrics(per_token.detach().cpu(), batch)
+        metrics = divergence_metrics(per_token.detach().float().cpu(), batch)
         metrics.update(self.diagnostics(hidden, batch))
-        metrics.update(self.extra_metrics(per_token, batch, seqs))
+        metrics.update(self.extra_metrics(per_token.detach().float().cpu(), batch, seqs))
         return loss, metrics
 
     def extra_metrics(self, per_token: torch.Tensor, batch: ScoredBatch, seqs: list[TrainSequence]) -> dict:
@@ -200,15 +264,34 @@ class OnPolicyDistillation:
     def diagnostics(self, hidden: Hidden, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
         """Seed 003's training diagnostics (C.5), `diag/*`: teacher mass on epistemic onset tokens,
         teacher/student NLL and their gap on the response mask (switch: `diagnostics`)."""
-        if not self.cfg.diagnostics:
+        if not self.opts.diagnostics:
             return {}
         from trajdistill.eval.diagnostics import training_diagnostics
 
         return training_diagnostics(hidden, batch.targets, self.ctx.tokenizer, self.cfg.loss.chunk_size)
 
-    @staticmethod
-    def counts(seqs: list[TrainSequence]) -> dict[str, float]:
+    def counts(self, seqs: list[TrainSequence]) -> dict[str, float]:
+        """Same keys on every process (the trainer all-reduces them)."""
         return {"tokens": float(sum(len(s.response) for s in seqs)), "sequences": float(len(seqs))}
+
+
+class OPD(OnPolicyDistillation):
+    """`method: opd`: a separate frozen teacher (`teacher:`) scores under the student's prompt."""
+
+    fixed_setting = "opd"
+
+
+class OPSD(OnPolicyDistillation):
+    """`method: opsd`: the student's own base, shown the reference solution, is the teacher."""
+
+    fixed_setting = "opsd"
+
+
+def rollout_sequence(rollout: Rollout, teacher_prompt: list[int]) -> TrainSequence:
+    """The training unit of one rollout."""
+    return TrainSequence(student_prompt=rollout.prompt_ids, response=rollout.response_ids,
+                         teacher_prompt=teacher_prompt, passed=rollout.verdict.passed,
+                         problem_id=rollout.problem_id, finished=rollout.finished)
 
 
 def sampled_token_objective(hidden: Hidden, targets, weights, normalizer, temperature, chunk_size):
@@ -226,8 +309,8 @@ def sampled_token_objective(hidden: Hidden, targets, weights, normalizer, temper
 def rollout_metrics(rollouts: list[Rollout], kept: int) -> dict[str, tuple[float, float]]:
     """Sums and counts, so processes can add them up before dividing."""
     n = float(len(rollouts))
-    own = [r for r in rollouts if not r.meta.get("off_policy")]
-    other = [r for r in rollouts if r.meta.get("off_policy")]
+    own = [r for r in rollouts if not r.off_policy]
+    other = [r for r in rollouts if r.off_policy]
     return {
         "rollout/pass_rate": (sum(bool(r.verdict and r.verdict.passed) for r in own), float(len(own))),
         "rollout/off_policy_pass_rate": (sum(bool(r.verdict and r.verdict.passed) for r in other), float(len(other))),
@@ -238,9 +321,17 @@ def rollout_metrics(rollouts: list[Rollout], kept: int) -> dict[str, tuple[float
 
 
 def divergence_metrics(per_token: torch.Tensor, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
-    """Mean per-token divergence, overall and split by the rollout's verifier outcome."""
-    out = {"kl/mean": (float(per_token.sum()), float(per_token.numel()))}
+    """Mean per-token divergence on the rollouts' tokens, overall and split by the rollout's
+    verifier outcome; TOPD's guidance branches are reported apart (`topd/guidance_kl`)."""
     passed = torch.tensor([bool(p) for p in batch.passed])[batch.seq_index]
-    for name, mask in (("kl/correct", passed), ("kl/incorrect", ~passed)):
+    if batch.guidance is None:
+        out = {"kl/mean": (float(per_token.sum()), float(per_token.numel()))}
+        for name, mask in (("kl/correct", passed), ("kl/incorrect", ~passed)):
+            out[name] = (float(per_token[mask].sum()), float(mask.sum()))
+        return out
+    guide = batch.guidance[batch.seq_index]
+    out = {}
+    for name, mask in (("kl/mean", ~guide), ("kl/correct", ~guide & passed), ("kl/incorrect", ~guide & ~passed),
+                       ("topd/guidance_kl", guide)):
         out[name] = (float(per_token[mask].sum()), float(mask.sum()))
     return out

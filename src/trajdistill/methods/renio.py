@@ -25,21 +25,43 @@ which are cached for the loss (`StepScoredDistillation`).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from trajdistill.eval.auc import mann_whitney_u
 from trajdistill.methods.base import StepResult
-from trajdistill.methods.onpolicy import divergence_metrics, rollout_metrics
-from trajdistill.methods.step_scores import StepScoredDistillation, padded, rollout_sequence
+from trajdistill.methods.onpolicy import SettingOptions, rollout_metrics, rollout_sequence
+from trajdistill.methods.step_scores import StepScoredDistillation, padded
 from trajdistill.records import Problem
-from trajdistill.train.batch import TrainSequence, collate
+from trajdistill.train.batch import ScoredBatch, TrainSequence
 from trajdistill.weighting import renio_raw_weights, renio_sample_weights, renio_scores
+
+
+class ReNIOOptions(SettingOptions):
+    """ReNIO sample weights (seed 000; methods.md). The section `renio:`; presets renio-opd / renio-opsd set C and delta."""
+
+    ratio_cap: float = 2.0
+    """C: cap on the log-ratio r_t = min(log p_S(y_t) - log p_T(y_t), C). Authors: OPD 2.0, OPSD 2.5."""
+    threshold: float = 1.0
+    """delta: pivotal tokens have r_t >= delta. Authors: OPD 1.0, OPSD 0.8."""
+    tau: float = Field(1.0, gt=0.0)
+    """tau_w in w_i = exp(s_i / tau_w)."""
+    weight_cap: float = Field(10.0, gt=0.0)
+    """Cap on the normalised weight (applied after normalising, as the authors do)."""
+    normalize: Literal["batch", "micro"] = "batch"
+    """batch: divide by the mean raw weight over the whole optimisation batch, across processes
+    and micro-batches (ours); micro: within each micro-batch on each device (the authors' code)."""
+
 
 
 class ReNIO(StepScoredDistillation):
     """`method: renio` in the `opd` or `opsd` setting (presets renio-opd, renio-opsd)."""
+
+    Options = ReNIOOptions
+    needs_sampling_logprobs = True
+    progress_metrics = (("kl", "kl/mean"), ("pass", "rollout/pass_rate"), ("auc", "renio/auc"))
 
     # -- collect: score every rollout, keep the trained ones ------------------------------------
     def collect(self, problems: list[Problem], step: int) -> StepResult:
@@ -48,17 +70,15 @@ class ReNIO(StepScoredDistillation):
         teacher_prompts = {p.id: self.teacher_prompt(p) for p in problems}
         # Every rollout is scored, also those the outcome filter drops: the AUC needs both classes.
         seqs = [rollout_sequence(r, teacher_prompts[r.problem_id]) for r in rollouts]
-        scores, _ = self.score(seqs, rollouts)
+        scores, pivotal = self.score(seqs, rollouts)
         for r, score in zip(rollouts, scores.tolist()):
-            r.meta["renio_score"] = score
+            r.score = score
         keep = [self.keep(r) for r in rollouts]
         kept = [s for s, k in zip(seqs, keep) if k]
-        for s, k in zip(seqs, keep):
-            if not k:
-                s.meta.pop("teacher_hidden", None)
         metrics = rollout_metrics(sampled, len(kept))
         metrics.update(score_metrics(scores, [bool(r.verdict.passed) for r in rollouts]))
-        metrics["renio/pivotal_frac"] = (float(sum(s.meta["renio_pivotal"] for s in kept)), float(len(kept)))
+        metrics["renio/pivotal_frac"] = (float(sum(p for p, k in zip(pivotal.tolist(), keep) if k)),
+                                         float(len(kept)))
         metrics.update(self.extreme_weights(kept))
         return StepResult(kept, metrics, sampled)
 
@@ -70,8 +90,8 @@ class ReNIO(StepScoredDistillation):
         """
         if not kept:
             return {}
-        raw = torch.tensor([s.meta["renio_raw_weight"] for s in kept], dtype=torch.float64)
-        w = (raw / raw.mean()).clamp(max=self.cfg.renio.weight_cap)
+        raw = torch.tensor([s.raw_weight for s in kept], dtype=torch.float64)
+        w = (raw / raw.mean()).clamp(max=self.opts.weight_cap)
         return {"renio/weight_max": (float(w.max()), 1.0), "renio/weight_min": (float(w.min()), 1.0)}
 
     def score(self, seqs: list[TrainSequence], rollouts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,47 +104,46 @@ class ReNIO(StepScoredDistillation):
         forward = dict(zip(missing, self.student_token_logprobs([seqs[i] for i in missing], temperature)))
         student = [forward[i] if i in forward else torch.tensor(r.logprobs) for i, r in enumerate(rollouts)]
         for s, sl, tl in zip(seqs, student, teacher):
-            s.meta["renio_logprobs"] = (sl, tl)
+            s.student_logprobs, s.teacher_logprobs = sl, tl
         return self.weigh(seqs)
 
     def weigh(self, seqs: list[TrainSequence]) -> tuple[torch.Tensor, torch.Tensor]:
-        """From `meta["renio_logprobs"]`: store `s_i`, the raw weight `exp(s_i / tau_w)` and has-pivotal."""
-        student, mask = padded([s.meta["renio_logprobs"][0] for s in seqs])
-        teacher, _ = padded([s.meta["renio_logprobs"][1] for s in seqs])
-        r = self.cfg.renio
+        """From the sequences' log-probs: store `s_i` and the raw weight `exp(s_i / tau_w)`;
+        returns `(s [B], has_pivotal [B])`."""
+        student, mask = padded([s.student_logprobs for s in seqs])
+        teacher, _ = padded([s.teacher_logprobs for s in seqs])
+        r = self.opts
         scores, pivotal = renio_scores(student, teacher, mask, ratio_cap=r.ratio_cap, threshold=r.threshold)
         raw = renio_raw_weights(scores, r.tau)
-        for s, score, w, piv in zip(seqs, scores.tolist(), raw.tolist(), pivotal.tolist()):
-            s.meta.update(renio_score=score, renio_raw_weight=w, renio_pivotal=piv)
+        for s, score, w in zip(seqs, scores.tolist(), raw.tolist()):
+            s.score, s.raw_weight = score, w
         return scores, pivotal
 
     # -- normalisation and loss -----------------------------------------------------------------
     def counts(self, seqs: list[TrainSequence]) -> dict[str, float]:
         out = super().counts(seqs)
-        out["renio_weight_sum"] = float(sum(s.meta["renio_raw_weight"] for s in seqs))
+        out["renio_weight_sum"] = float(sum(s.raw_weight for s in seqs))
         return out
 
     def sample_weights(self, seqs: list[TrainSequence], totals: dict) -> torch.Tensor:
         """`w_i` of this micro-batch's sequences, normalised as `renio.normalize` says."""
-        r = self.cfg.renio
-        student, mask = padded([s.meta["renio_logprobs"][0] for s in seqs])
-        teacher, _ = padded([s.meta["renio_logprobs"][1] for s in seqs])
+        r = self.opts
+        student, mask = padded([s.student_logprobs for s in seqs])
+        teacher, _ = padded([s.teacher_logprobs for s in seqs])
         batch_mean = totals["renio_weight_sum"] / max(totals["sequences"], 1.0) if r.normalize == "batch" else None
         return renio_sample_weights(student, teacher, mask, ratio_cap=r.ratio_cap, threshold=r.threshold,
                                     tau=r.tau, weight_cap=r.weight_cap, normalize=r.normalize,
                                     batch_mean=batch_mean).float()
 
-    def loss(self, seqs: list[TrainSequence], totals: dict) -> tuple[torch.Tensor, dict]:
+    def weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> tuple[torch.Tensor, float]:
         w = self.sample_weights(seqs, totals)
-        seqs = [replace(s, sample_weight=s.sample_weight * float(x)) for s, x in zip(seqs, w)]
-        batch = collate(seqs, self.ctx.pad_id)
-        hidden = self.hidden_for(seqs, batch)
-        weights, normalizer = self.token_weights(batch, hidden, totals)
-        loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
-        metrics = divergence_metrics(per_token.detach().cpu(), batch)
-        metrics.update(self.diagnostics(hidden, batch))
-        metrics["renio/weight_mean"] = (float(w.sum()), float(len(w)))
-        return loss, metrics
+        self._last_weights = w
+        combined = torch.tensor([s.sample_weight * float(x) for s, x in zip(seqs, w)], dtype=torch.float32)
+        return self.token_weights(batch, totals, combined)
+
+    def extra_metrics(self, per_token, batch, seqs) -> dict:
+        w = self._last_weights
+        return {"renio/weight_mean": (float(w.sum()), float(len(w)))}
 
 
 def score_metrics(scores: torch.Tensor, passed: list[bool]) -> dict[str, tuple[float, float]]:

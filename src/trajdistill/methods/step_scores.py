@@ -4,8 +4,8 @@ ReNIO needs every rollout's sampled-token log-ratio to normalise its sample weig
 optimisation batch; TOPD needs every response token's divergence to pick the step's high-loss
 quantile. Both are computed in `collect`, without gradient. The teacher is frozen, so the hidden
 states it gives in `collect` are exactly those the loss would recompute: they are kept on each
-`TrainSequence` (`meta["teacher_hidden"]`, `[len(response), H]`, on the CPU) and the loss runs
-only the student.
+`TrainSequence` (`teacher_hidden`, `[len(response), H]`, on the CPU) and the loss runs only the
+student.
 """
 
 from __future__ import annotations
@@ -14,16 +14,8 @@ import torch
 
 from trajdistill.methods.onpolicy import Hidden, OnPolicyDistillation
 from trajdistill.models.backbone import final_hidden, lm_head_weight
-from trajdistill.records import Rollout
-from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
+from trajdistill.train.batch import TrainSequence, collate
 from trajdistill.train.logprobs import token_logprobs
-
-
-def rollout_sequence(rollout: Rollout, teacher_prompt: list[int]) -> TrainSequence:
-    """The training unit of one rollout, as `OnPolicyDistillation.collect` builds it."""
-    return TrainSequence(student_prompt=rollout.prompt_ids, response=rollout.response_ids,
-                         teacher_prompt=teacher_prompt, passed=rollout.verdict.passed,
-                         meta={"problem_id": rollout.problem_id, "finished": rollout.finished})
 
 
 def padded(rows: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,23 +37,13 @@ class StepScoredDistillation(OnPolicyDistillation):
 
     @torch.no_grad()
     def cache_teacher_hidden(self, seqs: list[TrainSequence]) -> None:
-        """Score the teacher once per sequence; `hidden_for` reuses it in the loss."""
-        todo = [s for s in seqs if "teacher_hidden" not in s.meta]
+        """Score the teacher once per sequence; the loss (`hidden`) reuses it."""
+        todo = [s for s in seqs if s.teacher_hidden is None]
         for chunk in self._chunks(todo):
             t = collate(chunk, self.ctx.pad_id).teacher
             states = self.ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols).cpu()
             for seq, h in zip(chunk, states.split([len(s.response) for s in chunk])):
-                seq.meta["teacher_hidden"] = h
-
-    def hidden_for(self, seqs: list[TrainSequence], batch: ScoredBatch) -> Hidden:
-        """`OnPolicyDistillation.hidden`, with the teacher's states taken from the cache when present."""
-        if not all("teacher_hidden" in s.meta for s in seqs):
-            return self.hidden(batch)
-        model, s, device = self.ctx.model, batch.student, self.ctx.device
-        states = final_hidden(model, s.input_ids.to(device), s.attention_mask.to(device))
-        teacher = torch.cat([q.meta["teacher_hidden"] for q in seqs]).to(device)
-        return Hidden(states[s.rows.to(device), s.cols.to(device)], teacher, lm_head_weight(model),
-                      self.ctx.teacher.head_weight())
+                seq.teacher_hidden = h
 
     @torch.no_grad()
     def teacher_token_logprobs(self, seqs: list[TrainSequence], temperature: float) -> list[torch.Tensor]:
@@ -69,7 +51,7 @@ class StepScoredDistillation(OnPolicyDistillation):
         self.cache_teacher_hidden(seqs)
         head = self.ctx.teacher.head_weight()
         chunk = self.cfg.loss.chunk_size
-        return [token_logprobs(s.meta["teacher_hidden"].to(head.device), head,
+        return [token_logprobs(s.teacher_hidden.to(head.device), head,
                                torch.tensor(s.response, device=head.device), temperature=temperature,
                                chunk_size=chunk).cpu()
                 for s in seqs]
@@ -95,7 +77,7 @@ class StepScoredDistillation(OnPolicyDistillation):
         out: list[torch.Tensor] = []
         for chunk in self._chunks(seqs):
             batch = collate(chunk, self.ctx.pad_id)
-            h = self.hidden_for(chunk, batch)
+            h = self.hidden(chunk, batch)
             h = Hidden(h.student.detach(), h.teacher, h.student_head.detach(), h.teacher_head)
             ones = torch.ones(batch.num_tokens, device=h.student.device)
             _, per_token = self.divergence(h, batch.targets.to(h.student.device), ones, 1.0)

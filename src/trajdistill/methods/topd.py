@@ -22,23 +22,50 @@ shown the privileged prompt.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from trajdistill.methods.base import StepResult
-from trajdistill.methods.onpolicy import Hidden
+from trajdistill.methods.onpolicy import SettingOptions
 from trajdistill.methods.step_scores import StepScoredDistillation, padded
 from trajdistill.records import Problem
 from trajdistill.rollout import SamplingParams
-from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
+from trajdistill.train.batch import ScoredBatch, TrainSequence
 from trajdistill.weighting import near_future_filter
 from trajdistill.weighting.near_future import _high_loss as high_loss_tokens
+
+
+class TOPDOptions(SettingOptions):
+    """The section `topd:`. TOPD (seed 002): our formulation, no public code; every value below is our choice (methods.md)."""
+
+    filter: bool = True
+    """Near-future filter: drop high-loss tokens whose near future is not divergent."""
+    quantile: float = Field(0.2, gt=0.0, le=1.0)
+    """q: high-loss tokens are the top q fraction of D_t over the step's response tokens."""
+    window: int = Field(8, ge=1)
+    """K: near-future window F_t = mean D_{t+1..t+K} (same rollout)."""
+    rho: float = Field(1.0, ge=0.0)
+    """A high-loss token is kept iff F_t >= rho * mean D."""
+    guidance: bool = False
+    """Near-future guidance: the teacher continues the student's prefix at kept divergent tokens."""
+    max_branches: int = Field(2, ge=1)
+    """m: guidance branches per rollout, at its largest kept high-loss D_t."""
+    horizon: int = Field(16, ge=1)
+    """H: tokens the teacher continues for."""
+    guidance_weight: float = Field(1.0, ge=0.0)
+    """lambda_g: weight of the guidance term (its own token mean)."""
+    guidance_temperature: float = Field(0.0, ge=0.0)
+    """Teacher sampling temperature for the continuation; 0 = greedy."""
+
 
 
 class TOPD(StepScoredDistillation):
     """`method: topd` (presets topd-filter, topd and their OPSD variants)."""
 
+    Options = TOPDOptions
+
     def collect(self, problems: list[Problem], step: int) -> StepResult:
         result = super().collect(problems, step)
-        spec, seqs = self.cfg.topd, result.units
+        spec, seqs = self.opts, result.units
         if not seqs or not (spec.filter or spec.guidance):
             return result
         points, metrics = self.weigh_tokens(seqs)
@@ -51,12 +78,12 @@ class TOPD(StepScoredDistillation):
         return result
 
     def weigh_tokens(self, seqs: list[TrainSequence]) -> tuple[list[list[int]], dict]:
-        """Filter weights into `meta["token_weights"]`; returns the guidance branch points and metrics."""
-        spec = self.cfg.topd
+        """Filter weights into each sequence's `token_weights`; returns the guidance branch points and metrics."""
+        spec = self.opts
         values, mask = padded(self.step_divergences(seqs))
         weights = self.filter_weights(values, mask)
         for i, s in enumerate(seqs):
-            s.meta["token_weights"] = weights[i, : len(s.response)].float()
+            s.token_weights = weights[i, : len(s.response)].float()
         high = high_loss_tokens(values, mask, spec.quantile)
         filtered = float(((weights == 0) & mask).sum())
         metrics = {"topd/filtered_of_high": (filtered, float(high.sum())),
@@ -64,7 +91,7 @@ class TOPD(StepScoredDistillation):
         return branch_points(values, high & (weights > 0), spec.max_branches), metrics
 
     def filter_weights(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        spec = self.cfg.topd
+        spec = self.opts
         if not spec.filter:
             return torch.ones_like(values)
         return near_future_filter(values, mask, quantile=spec.quantile, window=spec.window, rho=spec.rho)
@@ -86,8 +113,8 @@ class TOPD(StepScoredDistillation):
         continuations = self.teacher_continue([c[2] for c in contexts], step)
         branches = [
             TrainSequence(student_prompt=student_ctx, response=cont, teacher_prompt=teacher_ctx,
-                          passed=seqs[i].passed, sample_weight=self.cfg.topd.guidance_weight,
-                          meta={"problem_id": seqs[i].meta.get("problem_id"), "guidance": True, "branch_at": t})
+                          passed=seqs[i].passed, sample_weight=self.opts.guidance_weight,
+                          problem_id=seqs[i].problem_id, guidance=True)
             for (i, student_ctx, teacher_ctx, t), cont in zip(contexts, continuations)
             if cont
         ]
@@ -96,41 +123,31 @@ class TOPD(StepScoredDistillation):
 
     def teacher_continue(self, contexts: list[list[int]], step: int) -> list[list[int]]:
         """H tokens of the teacher after each context (greedy unless `topd.guidance_temperature` > 0)."""
-        spec = self.cfg.topd
+        spec = self.opts
         params = SamplingParams(n=1, temperature=spec.guidance_temperature, top_p=1.0, top_k=0,
                                 max_new_tokens=spec.horizon, seed=self.cfg.seed * 100_019 + step * 7907 + self.ctx.rank)
         rollouts = self.sample_teacher(contexts, params)  # OPSD: the base, adapter disabled
         return [r.response_ids for r in rollouts]
 
-    # -- loss ---------------------------------------------------------------------------------
+    # -- loss: the on-policy loss with TOPD's weights ----------------------------------------
     def counts(self, seqs: list[TrainSequence]) -> dict[str, float]:
-        main = [s for s in seqs if not s.meta.get("guidance")]
-        guide = [s for s in seqs if s.meta.get("guidance")]
+        main = [s for s in seqs if not s.guidance]
+        guide = [s for s in seqs if s.guidance]
         return {"tokens": float(sum(len(s.response) for s in main)), "sequences": float(len(main)),
                 "guidance_tokens": float(sum(len(s.response) for s in guide)), "guidance_sequences": float(len(guide))}
 
-    def topd_token_weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> torch.Tensor:
+    def weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> tuple[torch.Tensor, float]:
         """Per-token weight with the normaliser folded in: `u_t / N` on rollouts, `lambda_g / N_g` on branches."""
         idx = batch.seq_index
-        u = torch.cat([s.meta.get("token_weights", torch.ones(len(s.response))) for s in seqs]).float()
-        guide = torch.tensor([bool(s.meta.get("guidance")) for s in seqs])[idx]
+        u = batch.token_weights if batch.token_weights is not None else torch.ones(batch.num_tokens)
+        guide = batch.guidance[idx] if batch.guidance is not None else torch.zeros(batch.num_tokens, dtype=torch.bool)
         w = u * batch.sample_weights[idx]  # branches carry lambda_g as their sample weight
         if self.cfg.loss.aggregation == "sequence":
             w = w / batch.lengths[idx].float()
             main_z, guide_z = totals["sequences"], totals.get("guidance_sequences", 0.0)
         else:
             main_z, guide_z = totals["tokens"], totals.get("guidance_tokens", 0.0)
-        return torch.where(guide, w / max(guide_z, 1.0), w / max(main_z, 1.0))
-
-    def loss(self, seqs: list[TrainSequence], totals: dict) -> tuple[torch.Tensor, dict]:
-        batch = collate(seqs, self.ctx.pad_id)
-        hidden: Hidden = self.hidden_for(seqs, batch)
-        device = hidden.student.device
-        weights = self.topd_token_weights(seqs, batch, totals).to(device)
-        loss, per_token = self.divergence(hidden, batch.targets.to(device), weights, 1.0)
-        metrics = topd_metrics(per_token.detach().float().cpu(), batch, seqs)
-        metrics.update(self.diagnostics(hidden, batch))
-        return loss, metrics
+        return torch.where(guide, w / max(guide_z, 1.0), w / max(main_z, 1.0)).to(self.ctx.device), 1.0
 
 
 def branch_points(values: torch.Tensor, candidates: torch.Tensor, m: int) -> list[list[int]]:
@@ -140,15 +157,4 @@ def branch_points(values: torch.Tensor, candidates: torch.Tensor, m: int) -> lis
         positions = row_mask.nonzero().squeeze(-1)
         best = positions[row_values[positions].argsort(descending=True, stable=True)[:m]]
         out.append(sorted(best.tolist()))
-    return out
-
-
-def topd_metrics(per_token: torch.Tensor, batch: ScoredBatch, seqs: list[TrainSequence]) -> dict:
-    """`kl/*` on the rollouts' tokens (as OPD logs them) and `topd/guidance_kl` on the branches' tokens."""
-    guide = torch.tensor([bool(s.meta.get("guidance")) for s in seqs])[batch.seq_index]
-    passed = torch.tensor([bool(p) for p in batch.passed])[batch.seq_index]
-    out = {}
-    for name, mask in (("kl/mean", ~guide), ("kl/correct", ~guide & passed), ("kl/incorrect", ~guide & ~passed),
-                       ("topd/guidance_kl", guide)):
-        out[name] = (float(per_token[mask].sum()), float(mask.sum()))
     return out

@@ -13,18 +13,18 @@ initial student, and trains on the saved dataset (the paper's single-update pipe
 `rollouts/*.parquet` in the run directory (readable by pandas and `datasets`), and
 `trd.dataset: PATH` restarts stage 3 from such a file without sampling.
 
-Stage 2 samples with the Hugging Face backend even when `sampling.backend` is vllm.
+Stage 2 samples through the trainer's teacher sampler (the backend of `sampling.backend`).
+Rows, their statuses and the refinement table live in `trd_rows`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import statistics
 from pathlib import Path
+from typing import Literal
 
-import torch
+from pydantic import Field
 from rich.console import Console
 
 from trajdistill import UserError
@@ -32,44 +32,21 @@ from trajdistill.eval.diagnostics import kl_by_outcome
 from trajdistill.eval.runner import reflection_count
 from trajdistill.files import atomic_write_json, atomic_write_text
 from trajdistill.methods.base import StepResult
-from trajdistill.methods.onpolicy import OnPolicyDistillation
+from trajdistill.methods.onpolicy import OnPolicyDistillation, SettingOptions
 from trajdistill.methods.trd_prompts import initial_instruction, refinement_text, strip_echo
+from trajdistill.methods.trd_rows import (JOINT, STATUSES, joint_outcome, load_rows, refinement_status,
+                                          refinement_table, refinement_table_markdown, save_rows)
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_prompt
 from trajdistill.rollout.prompts import chat_ids
 from trajdistill.train.batch import TrainSequence
+from trajdistill.train.distributed import gather_lists
 
 console = Console(stderr=True)
 
-STATUSES = ("ok", "empty", "truncated", "bad_format")
-JOINT = ("fail_to_pass", "pass_to_fail", "pass_to_pass", "fail_to_fail")
 OFFLINE_FILE = "rollouts/trd.parquet"
 ONLINE_DIR = "rollouts/trd-online"
 OFFLINE_STEP = 1_000_000  # seeds and `step` column of the offline pass (chunk c: OFFLINE_STEP + c)
-
-
-def answer_in_format(text: str, kind: str) -> bool:
-    """The answer format the refinement prompt asks for: a `\\boxed{}` (math), code (code)."""
-    if kind == "code":
-        from trajdistill.verify.code import extract_code
-
-        return extract_code(text) is not None
-    from trajdistill.verify.math import boxed_contents
-
-    return any(b.strip() for b in boxed_contents(text))
-
-
-def refinement_status(text: str, finished: bool, kind: str) -> str:
-    """`ok`, or why the refinement cannot be trained on: empty, truncated, bad_format."""
-    if not text.strip():
-        return "empty"
-    if not finished:
-        return "truncated"
-    return "ok" if answer_in_format(text, kind) else "bad_format"
-
-
-def joint_outcome(y_o_passed: bool, y_r_passed: bool) -> str:
-    return f"{'pass' if y_o_passed else 'fail'}_to_{'pass' if y_r_passed else 'fail'}"
 
 
 def choose_target(row: dict, fallback: str, outcome_filter: str) -> str | None:
@@ -85,92 +62,39 @@ def choose_target(row: dict, fallback: str, outcome_filter: str) -> str | None:
     return target
 
 
-# -- the refinement table (seed 003, appendix B.1) ---------------------------------------------
-def refinement_table(rows: list[dict]) -> dict:
-    """Pass rate and median length of y_o vs y_r, joint outcomes and refinement statuses."""
-    n = len(rows)
+class TRDOptions(SettingOptions):
+    """The section `trd:`. TRD (seed 003): stage 1 samples y_o with `sampling`, stage 2 refines it into y_r, stage 3
+    distils with the `loss` divergence along y_r (teacher context: the refinement prompt)."""
 
-    def rate(key):
-        p = sum(bool(r[key]) for r in rows) / n if n else float("nan")
-        return {"mean": p, "se": math.sqrt(p * (1 - p) / n) if n else float("nan")}
+    outcome_filter: Literal["all", "incorrect", "correct", "fail_to_pass"] = "all"
+    """Which (y_o, y_r) rows stage 3 trains on: by y_o's outcome, or fail_to_pass (y_o wrong, y_r right)."""
+    mode: Literal["offline", "online"] = "offline"
+    """offline: stages 1-2 once over the whole training set before training (the paper's
+    single-update pipeline); online: refine each step's fresh rollouts."""
+    fallback: Literal["raw", "drop"] = "raw"
+    """What to do with an unusable refinement (empty, truncated at the budget, or not in the answer
+    format): train on the raw rollout y_o (teacher context: the plain OPD/OPSD one), or drop it."""
+    dataset: str | None = None
+    """Restart from a saved stage-1/2 dataset (parquet file or folder) instead of sampling."""
+    refine_max_new_tokens: int | None = Field(None, ge=1)
+    """Stage-2 response budget; None: `sampling.max_new_tokens`."""
+    refine_batch_size: int | None = Field(None, ge=1)
+    """Offline mode: problems per stage-1/2 chunk; None: `sampling.batch_size`."""
 
-    def median(key, subset=None):
-        values = [r[key] for r in (subset if subset is not None else rows)]
-        return float(statistics.median(values)) if values else float("nan")
-
-    usable = [r for r in rows if r["refine_status"] == "ok"]
-    return {
-        "rows": n,
-        "problems": len({r["problem_id"] for r in rows}),
-        "y_o_pass": rate("y_o_passed"),
-        "y_r_pass": rate("y_r_passed"),
-        "y_o_median_tokens": median("y_o_tokens"),
-        "y_r_median_tokens": median("y_r_tokens"),
-        "y_r_median_tokens_usable": median("y_r_tokens", usable),
-        "joint": {j: sum(joint_outcome(r["y_o_passed"], r["y_r_passed"]) == j for r in rows) for j in JOINT},
-        "refine_status": {s: sum(r["refine_status"] == s for r in rows) for s in STATUSES},
-        "echo_stripped": sum(bool(r["echo_stripped"]) for r in rows),
-        "y_o_truncated": sum(not r["y_o_finished"] for r in rows),
-    }
-
-
-def refinement_table_markdown(t: dict, title: str = "TRD refinement: y_o (student) vs y_r (refined)") -> str:
-    pct = lambda s: f"{100 * s['mean']:.1f} ± {100 * s['se']:.1f}"  # noqa: E731
-    j, st = t["joint"], t["refine_status"]
-    return "\n".join([
-        f"### {title}", "",
-        f"{t['rows']} rollouts on {t['problems']} problems; pass rate in %, mean ± standard error.", "",
-        "| trajectory | verifier pass rate | median tokens |", "|---|---|---|",
-        f"| y_o (stage 1) | {pct(t['y_o_pass'])} | {t['y_o_median_tokens']:.0f} |",
-        f"| y_r (stage 2) | {pct(t['y_r_pass'])} | {t['y_r_median_tokens']:.0f} "
-        f"(usable only: {t['y_r_median_tokens_usable']:.0f}) |", "",
-        "| fail->pass | pass->fail | pass->pass | fail->fail |", "|---|---|---|---|",
-        f"| {j['fail_to_pass']} | {j['pass_to_fail']} | {j['pass_to_pass']} | {j['fail_to_fail']} |", "",
-        "| refinement ok | empty | truncated | not in answer format | template echo stripped |",
-        "|---|---|---|---|---|",
-        f"| {st['ok']} | {st['empty']} | {st['truncated']} | {st['bad_format']} | {t['echo_stripped']} |", "",
-    ])
-
-
-# -- the dataset ---------------------------------------------------------------------------------
-def save_rows(rows: list[dict], path: Path) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_rows(path: str | Path) -> list[dict]:
-    """Rows of a saved stage-1/2 dataset: one parquet file, or a folder of them (online mode)."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
-        raise UserError(f"trd.dataset: no parquet file at {path}")
-    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
-    missing = {"problem_id", "prompt_ids", "y_o_ids", "y_r_ids", "refine_prompt_ids", "refine_status"} - set(rows[0] if rows else {})
-    if missing:
-        raise UserError(f"trd.dataset {path}: not a TRD dataset (missing columns {sorted(missing)})")
-    return rows
-
-
-def _gather(rows: list[dict]) -> list[dict]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return rows
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, rows)
-    return [r for part in parts for r in part]
 
 
 class TrajectoryRefinedDistillation(OnPolicyDistillation):
-    """`method: trd` with `setting: opd | opsd`."""
+    """`method: trd` with `trd.setting: opd | opsd`."""
+
+    Options = TRDOptions
+    progress_metrics = (("kl", "kl/mean"), ("pass", "rollout/pass_rate"), ("refined", "refine/pass_rate"))
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        if cfg.options.drop_truncated:
+            raise ValueError("field 'trd.drop_truncated': does not apply to trd; cut-off refinements "
+                             "follow `trd.fallback`")
 
     # -- prompts ---------------------------------------------------------------------------------
     def student_prompt(self, problem: Problem) -> list[int]:
@@ -179,12 +103,12 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
 
     def refinement_prompt(self, problem: Problem, initial: str) -> list[int]:
         p = self.cfg.prompt
-        return chat_ids(self.ctx.tokenizer, refinement_text(problem, initial, self.cfg.setting, p.instruction),
+        return chat_ids(self.ctx.tokenizer, refinement_text(problem, initial, self.setting, p.instruction),
                         p.system)
 
     # -- stage 2 ---------------------------------------------------------------------------------
     def refine_params(self, step: int) -> SamplingParams:
-        s, budget = self.cfg.sampling, self.cfg.trd.refine_max_new_tokens
+        s, budget = self.cfg.sampling, self.opts.refine_max_new_tokens
         return SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                               max_new_tokens=budget or s.max_new_tokens,
                               seed=self.cfg.seed * 100_003 + step * 7919 + self.ctx.rank + 55_555)
@@ -210,11 +134,11 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
             ids = ids if text else []
         else:
             ids = list(y_r.response_ids)
-        verdict = self.ctx.verify(problem, text)
+        verdict = self.ctx.verifier.check(problem, text)
         return {
             "problem_id": problem.id, "kind": problem.kind, "problem": problem.prompt,
             "answer": problem.answer, "reference": problem.reference,
-            "sample_index": int(y_o.meta.get("sample_index", 0)), "step": step,
+            "sample_index": y_o.sample_index, "step": step,
             "prompt_ids": list(y_o.prompt_ids), "teacher_prompt_ids": self.teacher_prompt(problem),
             "refine_prompt_ids": list(refine_prompt),
             "y_o": y_o.text, "y_o_ids": list(y_o.response_ids), "y_o_tokens": len(y_o.response_ids),
@@ -228,13 +152,13 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
     # -- offline pipeline ------------------------------------------------------------------------
     def train_items(self, problems: list[Problem]) -> list:
         """Offline: stages 1-2 over the whole training set once (or a saved dataset), kept rows only."""
-        if self.cfg.trd.mode == "online" and not self.cfg.trd.dataset:
+        if self.opts.mode == "online" and not self.opts.dataset:
             return problems
         rows = self.offline_rows(problems)
-        kept = [r for r in rows if choose_target(r, self.cfg.trd.fallback, self.cfg.outcome_filter)]
+        kept = [r for r in rows if choose_target(r, self.opts.fallback, self.opts.outcome_filter)]
         if self.ctx.rank == 0:
             console.print(f"TRD stage 3: training on {len(kept)} of {len(rows)} rollouts "
-                          f"(fallback {self.cfg.trd.fallback}, outcome_filter {self.cfg.outcome_filter})")
+                          f"(fallback {self.opts.fallback}, outcome_filter {self.opts.outcome_filter})")
         if not kept:
             raise UserError("TRD: no rollout left to train on after the refinement fallback and outcome filter")
         return kept
@@ -245,8 +169,8 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
         run_dir = Path(self.ctx.run_dir or self.cfg.output_dir)
         path, manifest = run_dir / OFFLINE_FILE, self.manifest(problems)
         manifest_path = path.with_suffix(".json")
-        if self.cfg.trd.dataset:
-            rows = load_rows(self.cfg.trd.dataset)
+        if self.opts.dataset:
+            rows = load_rows(self.opts.dataset)
             train_ids = {p.id for p in problems}
             usable = [r for r in rows if r["problem_id"] in train_ids]
             if self.ctx.rank == 0 and len(usable) < len(rows):
@@ -272,38 +196,37 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
     def sample_dataset(self, problems: list[Problem]) -> list[dict]:
         """Stages 1-2 in chunks (this process's share, then gathered), with progress on stderr."""
         mine = problems[self.ctx.rank :: self.ctx.world]
-        size = self.cfg.trd.refine_batch_size or self.cfg.sampling.batch_size
+        size = self.opts.refine_batch_size or self.cfg.sampling.batch_size
         rows: list[dict] = []
         for chunk, start in enumerate(range(0, len(mine), size)):
             rows += self.stage12(mine[start : start + size], step=OFFLINE_STEP + chunk)
             if self.ctx.rank == 0:
                 console.print(f"TRD stages 1-2: {min(start + size, len(mine))}/{len(mine)} problems")
         order = {p.id: i for i, p in enumerate(problems)}
-        return sorted(_gather(rows), key=lambda r: (order[r["problem_id"]], r["sample_index"]))
+        return sorted(gather_lists(rows), key=lambda r: (order[r["problem_id"]], r["sample_index"]))
 
     def manifest(self, problems: list[Problem]) -> dict:
         c = self.cfg
         ids = hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest()
-        return {"model": c.model.name, "teacher": c.teacher.name if c.teacher else None, "setting": c.setting,
+        return {"model": c.model.name, "teacher": c.teacher.name if c.teacher else None, "setting": self.setting,
                 "seed": c.seed, "lora": c.lora.model_dump(), "prompt": c.prompt.model_dump(),
                 "sampling": c.sampling.model_dump(exclude={"batch_size", "backend"}),
                 "refine_max_new_tokens": c.trd.refine_max_new_tokens, "problems": ids, "world": self.ctx.world}
 
     # -- stage 3 ---------------------------------------------------------------------------------
     def sequence(self, row: dict) -> TrainSequence | None:
-        target = choose_target(row, self.cfg.trd.fallback, self.cfg.outcome_filter)
+        target = choose_target(row, self.opts.fallback, self.opts.outcome_filter)
         if target is None:
             return None
         on_refined = target == "y_r"
-        meta = {"problem_id": row["problem_id"], "target": target, "finished": row[f"{target}_finished"],
-                "joint": joint_outcome(row["y_o_passed"], row["y_r_passed"])}
         return TrainSequence(
             student_prompt=list(row["prompt_ids"]),
             response=list(row["y_r_ids"] if on_refined else row["y_o_ids"]),
             # the refinement prompt only makes sense before y_r: a raw fallback gets the plain context
             teacher_prompt=list(row["refine_prompt_ids"] if on_refined else row["teacher_prompt_ids"]),
             passed=bool(row["y_o_passed"]),  # C.5 splits the KL by the stage-1 outcome
-            meta=meta,
+            problem_id=row["problem_id"], finished=bool(row[f"{target}_finished"]),
+            labels={"target": target, "joint": joint_outcome(row["y_o_passed"], row["y_r_passed"])},
         )
 
     def collect(self, items: list, step: int) -> StepResult:
@@ -317,8 +240,8 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
 
     def extra_metrics(self, per_token, batch, seqs: list[TrainSequence]) -> dict:
         """KL split by the joint (y_o, y_r) outcome and by the outcome of the trained trajectory."""
-        metrics = kl_by_outcome(per_token, batch.seq_index, [s.meta["joint"] for s in seqs], "kl/joint")
-        metrics.update(kl_by_outcome(per_token, batch.seq_index, [s.meta["target"] for s in seqs], "kl/target"))
+        metrics = kl_by_outcome(per_token, batch.seq_index, [s.labels["joint"] for s in seqs], "kl/joint")
+        metrics.update(kl_by_outcome(per_token, batch.seq_index, [s.labels["target"] for s in seqs], "kl/target"))
         return metrics
 
 
@@ -336,7 +259,7 @@ def trd_metrics(rows: list[dict], seqs: list[TrainSequence]) -> dict[str, tuple[
         "refine/response_len": (sum(r["y_r_tokens"] for r in rows), n),
         "refine/reflections": (sum(reflection_count(r["y_r"]) for r in rows), n),
         "refine/echo_stripped": (sum(bool(r["echo_stripped"]) for r in rows), n),
-        "train/on_refined": (sum(s.meta["target"] == "y_r" for s in seqs), float(len(seqs))),
+        "train/on_refined": (sum(s.labels["target"] == "y_r" for s in seqs), float(len(seqs))),
         "train/response_len": (sum(len(s.response) for s in seqs), float(len(seqs))),
     }
     for status in STATUSES:

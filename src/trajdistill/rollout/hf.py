@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -42,11 +43,12 @@ class _LogprobRecorder:
 class HFSampler:
     """Sampler over any `transformers` causal LM (or peft model wrapping one)."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, progress: bool = True):
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, progress: bool = True, context=None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
+        self.context = context or contextlib.nullcontext
 
     def sync(self, model) -> None:
         """Nothing to do: `generate` runs on the live weights."""
@@ -68,14 +70,14 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            with Progress(transient=True, disable=not self.progress) as bar:
+            with self.context(), Progress(transient=True, disable=not self.progress) as bar:
                 task = bar.add_task("sampling", total=len(jobs))
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start : start + self.batch_size]
                     batch_prompts = [prompts[jobs[i][0]] for i in chunk]
                     for i, rollout in zip(chunk, self._generate(batch_prompts, params)):
                         rollout.problem_id = ids[jobs[i][0]]
-                        rollout.meta["sample_index"] = jobs[i][1]
+                        rollout.sample_index = jobs[i][1]
                         results[i] = rollout
                     bar.advance(task, len(chunk))
         finally:

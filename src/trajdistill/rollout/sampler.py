@@ -4,7 +4,7 @@ Hugging Face `generate` backend here are interchangeable."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, ContextManager, Protocol, Sequence
 
 from trajdistill import UserError
 from trajdistill.records import Rollout
@@ -47,11 +47,14 @@ class Sampler(Protocol):
         ...
 
 
-def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True) -> Sampler:
+def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True,
+                 context: Callable[[], ContextManager] | None = None) -> Sampler:
+    """The sampler of `backend` over `model`. `context` (a teacher's `as_teacher`) is entered around
+    every generation, so the same factory serves the student and the teacher."""
     if backend == "hf":
         from trajdistill.rollout.hf import HFSampler
 
-        return HFSampler(model, tokenizer, batch_size=batch_size, progress=progress)
+        return HFSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context)
     if backend == "vllm":
         from trajdistill.rollout.vllm import VLLMSampler
 

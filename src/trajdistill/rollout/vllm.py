@@ -47,7 +47,7 @@ def rollouts_from_vllm(outputs, prompts: Sequence[list[int]], problem_ids: Seque
                     logprobs.append(0.0)
             rollouts.append(Rollout(problem_id=pid, prompt_ids=list(prompt), response_ids=ids,
                                     text=completion.text, logprobs=logprobs, finished=finished,
-                                    meta={"sample_index": j}))
+                                    sample_index=j))
     return rollouts
 
 

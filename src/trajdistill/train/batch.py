@@ -9,21 +9,41 @@ the prediction of response token j lives at position len(context) - 1 + j.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 
 
 @dataclass
 class TrainSequence:
+    """One response to train along, with everything a loss may weigh it by (all typed)."""
+
     student_prompt: list[int]
     response: list[int]
     teacher_prompt: list[int] | None = None
     teacher_response: list[int] | None = None
     """Teacher-side tokens when they differ from `response` (never, except in tests)."""
     passed: bool | None = None
+    problem_id: str = ""
+    finished: bool = True
     sample_weight: float = 1.0
-    meta: dict[str, Any] = field(default_factory=dict)
+    """Per-sample weight w_i (TOPD's guidance branches carry lambda_g here)."""
+    token_weights: torch.Tensor | None = None
+    """Per-token weights u_t, `[len(response)]` (TOPD's near-future filter); None means all 1."""
+    guidance: bool = False
+    """A teacher continuation (TOPD), normalised by its own token count."""
+    teacher_hidden: torch.Tensor | None = None
+    """The teacher's view, cached: final hidden states `[len(response), H]` at the positions that
+    predict each response token (on the CPU). The teacher is frozen, so these equal what the loss
+    would recompute."""
+    student_logprobs: torch.Tensor | None = None
+    """log p_S(y_t) at the sampling temperature, `[len(response)]` (ReNIO)."""
+    teacher_logprobs: torch.Tensor | None = None
+    """log p_T(y_t) at the sampling temperature, `[len(response)]` (ReNIO)."""
+    score: float | None = None
+    """A method's per-sample score (ReNIO's s_i)."""
+    raw_weight: float = 1.0
+    """A method's unnormalised per-sample weight (ReNIO's exp(s_i / tau_w))."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Outcome labels the loss metrics are split by (TRD: `joint`, `target`); strings only."""
 
 
 @dataclass
@@ -43,6 +63,8 @@ class ScoredBatch:
     lengths: torch.Tensor  # [B] response lengths
     passed: list[bool | None]
     sample_weights: torch.Tensor  # [B]
+    token_weights: torch.Tensor | None = None  # [N] per-token weights u_t; None: all 1
+    guidance: torch.Tensor | None = None  # [B] bool, TOPD's teacher continuations; None: none
 
     @property
     def num_tokens(self) -> int:
@@ -81,4 +103,8 @@ def collate(seqs: list[TrainSequence], pad_id: int) -> ScoredBatch:
         lengths=torch.tensor([len(r) for r in responses], dtype=torch.long),
         passed=[s.passed for s in seqs],
         sample_weights=torch.tensor([s.sample_weight for s in seqs], dtype=torch.float32),
+        token_weights=(torch.cat([s.token_weights.float() if s.token_weights is not None
+                                  else torch.ones(len(s.response)) for s in seqs])
+                       if any(s.token_weights is not None for s in seqs) else None),
+        guidance=torch.tensor([s.guidance for s in seqs]) if any(s.guidance for s in seqs) else None,
     )

@@ -2,6 +2,7 @@
 
     for step in steps:
         items   = this process's share of the step's data   (deterministic in the step)
+        sampler.sync(model)                                  (engines with their own weights)
         units   = method.collect(items, step)                (rollouts, verdicts, contexts)
         totals  = sum over processes of method.counts(units) (global normaliser)
         for micro-batch in units: backward(method.loss(micro, totals) * world)
@@ -91,13 +92,16 @@ def zero_loss(model) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, method, model, train_items: list, accelerator=None,
-                 evaluate=None, tokenizer=None, log_console=True):
-        self.cfg, self.run_dir, self.method, self.model = cfg, Path(run_dir), method, model
+    def __init__(self, cfg: RunConfig, run_dir: Path, method, ctx, train_items: list, accelerator=None,
+                 evaluate=None, log_console=True):
+        """`ctx` is the `MethodContext` the trainer built for `method`: the trainer owns its model
+        (wrapped here for several processes), sampler and teacher, and the method reads them there."""
+        self.cfg, self.run_dir, self.method, self.ctx = cfg, Path(run_dir), method, ctx
+        model = ctx.model
+        self.model = model
         self.items = train_items
         self.accelerator = accelerator
         self.evaluate = evaluate  # callable(step) -> summary or None
-        self.tokenizer = tokenizer
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
         self.device = next(model.parameters()).device
@@ -105,7 +109,7 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(model, cfg.optim, self.total_steps)
         if accelerator is not None:
             self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
-            method.ctx.model = self.model
+            ctx.model = self.model
         self.order = DataOrder(len(train_items), cfg.optim.problems_per_step, cfg.seed)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.log_console = log_console and self.rank == 0
@@ -136,6 +140,8 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         started = time.perf_counter()
         seed_everything(self.cfg.seed * 1_000_003 + step * 1009 + self.rank)
+        if self.method.needs_sampler:
+            self.ctx.sampler.sync(self.model)
         result = self.method.collect(self.step_items(step), step)
         collected = time.perf_counter()
         totals = all_reduce_sums(self.method.counts(result.units), self.device)
@@ -203,8 +209,7 @@ class Trainer:
                 if self.rank == 0:
                     append_jsonl(self.metrics_path, metrics)
                 history.append(metrics)
-                shown = [("loss", "loss"), ("kl", "kl/mean"), ("pass", "rollout/pass_rate"),
-                         ("margin", "logp/margin")]
+                shown = (("loss", "loss"),) + self.method.progress_metrics
                 bar.update(task, advance=1, info=" ".join(f"{label} {metrics[key]:.4f}" for label, key in shown
                                                           if key in metrics))
                 done = step + 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from trajdistill import UserError
-from trajdistill.config import RunConfig
 
 
 def check_tokenizer(tokenizer, role: str) -> None:
@@ -31,23 +30,11 @@ def check_same_vocabulary(student_tok, teacher_tok, student_model, teacher_model
         raise UserError(f"teacher LM head has {t} rows, the student's {s}: vocabularies must match")
 
 
-def check_temperatures(cfg: RunConfig) -> None:
-    on_policy_estimators = cfg.loss.divergence == "sampled_token" or cfg.method == "renio"
-    if on_policy_estimators and abs(cfg.loss.temperature - cfg.sampling.temperature) > 1e-9:
-        raise UserError(
-            f"loss.temperature ({cfg.loss.temperature}) must equal sampling.temperature "
-            f"({cfg.sampling.temperature}): the {cfg.loss.divergence if cfg.method != 'renio' else 'ReNIO'} "
-            "estimate uses log-probs of the distribution the tokens were sampled from"
-        )
-    if cfg.sampling.temperature == 0.0:
-        raise UserError("sampling.temperature is 0: on-policy training needs sampled rollouts (> 0)")
-
-
-def check_prompt_lengths(named_prompts, limit: int, what: str) -> None:
-    """Every (problem id, token ids) prompt must fit; the first that does not is reported."""
-    too_long = [(pid, len(ids)) for pid, ids in named_prompts if len(ids) > limit]
+def check_prompt_lengths(named_prompts, limit: int) -> None:
+    """Every (problem id, what, token ids) prompt must fit; the first that does not is reported."""
+    too_long = [(pid, what, len(ids)) for pid, what, ids in named_prompts if len(ids) > limit]
     if too_long:
-        pid, n = too_long[0]
+        pid, what, n = too_long[0]
         raise UserError(
             f"{what} of problem {pid} has {n} tokens > sampling.max_prompt_tokens={limit} "
             f"({len(too_long)} prompts too long): raise the limit or drop those problems"

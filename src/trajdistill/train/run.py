@@ -14,17 +14,16 @@ from trajdistill.config import RunConfig
 from trajdistill.data import load_problems, split_problems
 from trajdistill.eval.runner import evaluate, summary_markdown
 from trajdistill.files import atomic_write_json, atomic_write_text
-from trajdistill.methods import ON_POLICY, method_class
 from trajdistill.methods.base import MethodContext
 from trajdistill.models import load_model, load_tokenizer, resolve_device
 from trajdistill.models.lora import apply_lora
 from trajdistill.records import Problem
-from trajdistill.rollout import make_sampler, render_prompt
+from trajdistill.rollout import make_sampler
 from trajdistill.teacher import AdapterOffTeacher, FrozenCopyTeacher, SeparateTeacher
 from trajdistill.train import preflight
 from trajdistill.train.checkpoint import export_model
 from trajdistill.train.loop import Trainer
-from trajdistill.verify import AutoVerifier
+from trajdistill.verify import Verifiers
 
 console = Console(stderr=True)
 
@@ -62,14 +61,18 @@ def make_accelerator(device: str = "auto"):
     return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
-def build_teacher(cfg: RunConfig, student, tokenizer, device):
+def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
+    """The teacher the method's class asked for: none, the separate `teacher:` model, or the
+    student's own base weights (adapter off under LoRA, a frozen copy otherwise)."""
     autocast = device.type == "cuda"
-    if cfg.method == "opd" or (cfg.method in ON_POLICY and cfg.setting == "opd" and cfg.method != "opsd"):
-        if cfg.teacher is None:
-            raise_user(f"method {cfg.method} in the opd setting needs a `teacher` model")
+    if kind == "none":
+        return None
+    if kind == "separate":
         t = cfg.teacher
+        teacher_device = device if t.device == "auto" else resolve_device(t.device)
         teacher_tok = load_tokenizer(t.name, trust_remote_code=t.trust_remote_code)
-        teacher = load_model(t.name, dtype=t.dtype, device=str(device), trust_remote_code=t.trust_remote_code)
+        teacher = load_model(t.name, dtype=t.dtype, device=str(teacher_device), trust_remote_code=t.trust_remote_code,
+                             attn_implementation=t.attn_implementation)
         preflight.check_tokenizer(teacher_tok, "teacher")
         preflight.check_same_vocabulary(tokenizer, teacher_tok, student, teacher)
         return SeparateTeacher(teacher, autocast_bf16=autocast)
@@ -78,14 +81,10 @@ def build_teacher(cfg: RunConfig, student, tokenizer, device):
     return FrozenCopyTeacher(student, autocast_bf16=autocast)
 
 
-def raise_user(message: str):
-    from trajdistill import UserError
-
-    raise UserError(message)
-
-
 def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
-    """Everything a method needs. `model`/`tokenizer` may be injected (tests use tiny models)."""
+    """Everything the method's class declares it needs. `model`/`tokenizer` may be injected
+    (tests use tiny models)."""
+    cls = cfg.method_class
     accelerator = make_accelerator(cfg.model.device)
     device = accelerator.device if accelerator else resolve_device(cfg.model.device)
     if tokenizer is None:
@@ -99,25 +98,28 @@ def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     ctx = MethodContext(cfg=cfg, model=model, tokenizer=tokenizer, device=device, run_dir=run_dir,
+                        verifier=make_verifiers(cfg),
                         rank=accelerator.process_index if accelerator else 0,
                         world=accelerator.num_processes if accelerator else 1)
-    ctx.verify = AutoVerifier()
-    if cfg.method in ON_POLICY:
-        preflight.check_temperatures(cfg)
-        ctx.sampler = make_sampler(cfg.sampling.backend, model, tokenizer, batch_size=cfg.sampling.batch_size,
-                                   progress=False)
-        ctx.teacher = build_teacher(cfg, model, tokenizer, device)
-    method = method_class(cfg.method)(ctx)
-    return ctx, method, accelerator
+    # One long-lived sampler per run: the method's rollouts and every evaluation.
+    ctx.sampler = make_sampler(cfg.sampling.backend, model, tokenizer, batch_size=cfg.sampling.batch_size,
+                               progress=False)
+    ctx.teacher = build_teacher(cfg, cls.teacher_kind(cfg.options), model, tokenizer, device)
+    if ctx.teacher is not None:
+        ctx.teacher_sampler = make_sampler(cfg.sampling.backend, ctx.teacher.model, tokenizer,
+                                           batch_size=cfg.sampling.batch_size, progress=False,
+                                           context=ctx.teacher.as_teacher)
+    return ctx, cls(ctx), accelerator
+
+
+def make_verifiers(cfg: RunConfig) -> Verifiers:
+    return Verifiers()
 
 
 def run_preflight_prompts(cfg: RunConfig, method, problems: list[Problem]) -> None:
     limit = cfg.sampling.max_prompt_tokens
-    if hasattr(method, "student_prompt"):
-        preflight.check_prompt_lengths(((p.id, method.student_prompt(p)) for p in problems), limit, "student prompt")
-    if hasattr(method, "teacher_prompt"):
-        preflight.check_prompt_lengths(((p.id, method.teacher_prompt(p)) for p in problems), limit,
-                                       "teacher (privileged) prompt")
+    preflight.check_prompt_lengths(((p.id, what, ids) for p in problems for what, ids in method.checked_prompts(p)),
+                                   limit)
 
 
 def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
@@ -128,7 +130,7 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
     torch.manual_seed(cfg.seed)
     ctx, method, accelerator = build(cfg, run_dir, model=model, tokenizer=tokenizer)
     problems = load_run_problems(cfg)
-    items = method.train_items(problems.train) if hasattr(method, "train_items") else problems.train
+    items = method.train_items(problems.train)
     run_preflight_prompts(cfg, method, problems.train)
     is_main = ctx.rank == 0
     eval_dir = run_dir / "eval"
@@ -136,16 +138,15 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
     def evaluate_at(label: str) -> dict | None:
         if not is_main or not problems.eval:
             return None
-        model = accelerator.unwrap_model(ctx.model) if accelerator else ctx.model
-        return evaluate(model, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verify,
-                        backend=cfg.sampling.backend, batch_size=cfg.sampling.batch_size,
+        ctx.sampler.sync(ctx.model)
+        return evaluate(ctx.sampler, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verifier,
                         out_dir=eval_dir, label=label)
 
     summaries: dict = {}
     if cfg.eval.before and not (resume and (eval_dir / "before.json").exists()):
         summaries["before"] = evaluate_at("before")
-    trainer = Trainer(cfg, run_dir, method, ctx.model, items, accelerator=accelerator,
-                      evaluate=lambda step: evaluate_at(f"step-{step}"), tokenizer=ctx.tokenizer)
+    trainer = Trainer(cfg, run_dir, method, ctx, items, accelerator=accelerator,
+                      evaluate=lambda step: evaluate_at(f"step-{step}"))
     trainer.run(resume=resume, stop_after=stop_after)
     if stop_after is not None and stop_after < trainer.total_steps:
         return summaries

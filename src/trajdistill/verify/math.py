@@ -286,6 +286,10 @@ class MathVerifier:
             return Verdict(False, "timeout", f"comparison exceeded {self.timeout}s: {answer[:80]!r}")
         return Verdict(result, "passed" if result else "failed", f"extracted {answer[:80]!r}")
 
+    def check_many(self, problems, responses) -> list[Verdict]:
+        # One worker process serves every comparison; most answers are settled by the quick path.
+        return [self.check(p, r) for p, r in zip(problems, responses)]
+
     __call__ = check
 
     def close(self) -> None:
