@@ -211,7 +211,7 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
         return {"model": c.model.name, "teacher": c.teacher.name if c.teacher else None, "setting": self.setting,
                 "seed": c.seed, "lora": c.lora.model_dump(), "prompt": c.prompt.model_dump(),
                 "sampling": c.sampling.model_dump(exclude={"batch_size", "backend"}),
-                "refine_max_new_tokens": c.trd.refine_max_new_tokens, "problems": ids, "world": self.ctx.world}
+                "refine_max_new_tokens": self.opts.refine_max_new_tokens, "problems": ids, "world": self.ctx.world}
 
     # -- stage 3 ---------------------------------------------------------------------------------
     def sequence(self, row: dict) -> TrainSequence | None:
