@@ -14,6 +14,7 @@ from trajdistill.losses.divergence import (
     sampled_token_loss_from_logprobs,
     token_divergence,
 )
+from trajdistill.losses.logprobs import per_sequence_sum, token_logprobs
 
 try:  # written by another module owner; absent in early checkouts
     from trajdistill.losses.sequence import dpo_loss, redi_loss, sft_loss, simpo_loss
@@ -28,12 +29,14 @@ __all__ = [
     "forward_kl",
     "generalized_jsd",
     "global_sum",
+    "per_sequence_sum",
     "per_token_divergence",
     "reverse_kl",
     "sampled_token_logprobs",
     "sampled_token_loss",
     "sampled_token_loss_from_logprobs",
     "token_divergence",
+    "token_logprobs",
 ]
 if "sft_loss" in globals():
     __all__ += ["dpo_loss", "redi_loss", "sft_loss", "simpo_loss"]
