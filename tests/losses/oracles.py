@@ -169,3 +169,14 @@ def aggregate(
     denominator = torch.as_tensor(denominator, dtype=per_token.dtype, device=per_token.device)
     # an empty batch gives 0, not 0/0
     return per_sequence.sum() / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+def sampled_token_objective_dense(student_hidden, student_head, teacher_hidden, teacher_head, targets,
+                                  token_weights, normalizer, *, temperature=1.0):
+    """`-sum_t w_t A_t log p_S(y_t) / Z` from full `[N, V]` logits `h W^T`: `(loss, -A_t)`."""
+    student_logits = student_hidden @ student_head.T
+    teacher_logits = teacher_hidden @ teacher_head.T
+    student_logp = sampled_token_logprobs(student_logits, targets, temperature)
+    teacher_logp = sampled_token_logprobs(teacher_logits.detach(), targets, temperature)
+    per_token = sampled_token_loss_from_logprobs(student_logp, teacher_logp)
+    return (token_weights * per_token).sum() / normalizer, (student_logp - teacher_logp).detach()
