@@ -9,7 +9,7 @@ process; steadier than wall time when other jobs share the cores) the best of `-
     .venv/bin/python benchmarks/divergence.py --quick    # 2x1024 only
 
 Paths:
-- naive: `logits = h @ W^T` ([B, T, V]), `trajdistill.losses.generalized_jsd`, token mean, backward.
+- naive: `logits = h @ W^T` ([B, T, V]), `trajdistill.losses.token_divergence`, token mean, backward.
 - trl:   `logits = h @ W^T`, TRL's `GKDTrainer.generalized_jsd_loss(..., reduction="batchmean")`, backward.
 - ours:  `trajdistill.losses.chunked_divergence_from_hidden` (chunk 512), backward.
 """
@@ -58,13 +58,15 @@ def _inputs(batch, length, dtype, teacher_as_hidden):
 def _step(path, beta, hidden, weight, mask, teacher):
     import torch
 
-    from trajdistill.losses import aggregate, chunked_divergence_from_hidden, generalized_jsd
+    from trajdistill.losses import chunked_divergence_from_hidden, token_divergence
 
     if path == "ours":
         loss, _ = chunked_divergence_from_hidden(hidden, weight, mask, divergence="jsd", beta=beta, **teacher)
     elif path == "naive":
-        per_token = generalized_jsd(hidden @ weight.T, teacher["teacher_logits"], mask, beta=beta)
-        loss = aggregate(per_token, mask)
+        rows = mask.bool()  # masked rows only, as a dense implementation skips padding
+        per_token = token_divergence((hidden @ weight.T)[rows], teacher["teacher_logits"][rows], divergence="jsd",
+                                     beta=beta)
+        loss = per_token.sum() / rows.sum()
     else:
         from trl.experimental.gkd.gkd_trainer import GKDTrainer
 

@@ -94,3 +94,14 @@ def test_opsd_baseline_logs_the_diagnostics_and_they_can_be_switched_off(tmp_pat
     assert metrics["kl/correct"][1] == 2
     method.opts.diagnostics = False
     assert not any(k.startswith("diag/") for k in method.loss([seq], method.counts([seq]))[1])
+
+
+def test_token_statistics_without_epistemic_ids_or_tokens():
+    gen = torch.Generator().manual_seed(1)
+    sh, th = torch.randn(4, 5, generator=gen), torch.randn(4, 6, generator=gen)
+    sw, tw = torch.randn(11, 5, generator=gen), torch.randn(11, 6, generator=gen)
+    targets = torch.tensor([0, 3, 3, 10])
+    got = token_statistics(sh, sw, th, tw, targets, [], chunk_size=3)
+    assert torch.equal(got["epistemic_mass"], torch.zeros(4))
+    empty = token_statistics(sh[:0], sw, th[:0], tw, targets[:0], [1, 2])
+    assert all(v.shape == (0,) and v.dtype == torch.float32 for v in empty.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trajdistill.losses import aggregate, global_sum
+from oracles import aggregate, global_sum
 
 PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
 MASK = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from trajdistill.losses.logprobs import token_logprobs
+
 EPISTEMIC_PHRASES = ("Wait", "Actually", "However", "Alternatively", "Oops", "Wrong", "Error",
                      "Incorrect", "Correction", "Sorry", "Hmm", "Oh", "Hold", "Pause", "Uh", "Um")
 
@@ -60,25 +62,18 @@ def token_statistics(student_hidden: torch.Tensor, student_head: torch.Tensor,
                      teacher_hidden: torch.Tensor, teacher_head: torch.Tensor, targets: torch.Tensor,
                      epistemic_ids: Sequence[int], chunk_size: int = 512) -> dict[str, torch.Tensor]:
     """Per response token: student and teacher log-prob of the token, teacher mass on E ([N] each)."""
-    targets = targets.to(student_hidden.device)
+    student_lp = token_logprobs(student_hidden, student_head, targets.to(student_hidden.device),
+                                chunk_size=chunk_size)
+    targets = targets.to(teacher_hidden.device)
+    teacher_lp = token_logprobs(teacher_hidden, teacher_head, targets, chunk_size=chunk_size)
     ids = torch.tensor(list(epistemic_ids), dtype=torch.long, device=teacher_hidden.device)
-    student_lp, teacher_lp, mass = [], [], []
-    for start in range(0, targets.numel(), chunk_size):
-        part = slice(start, start + chunk_size)
-        tgt = targets[part]
-        s_logits = student_hidden[part].detach().float() @ student_head.detach().float().T
-        t_logits = teacher_hidden[part].detach().float() @ teacher_head.detach().float().T
-        s_norm = torch.logsumexp(s_logits, dim=-1)
-        t_norm = torch.logsumexp(t_logits, dim=-1)
-        student_lp.append(s_logits.gather(1, tgt[:, None]).squeeze(1) - s_norm)
-        teacher_lp.append(t_logits.gather(1, tgt[:, None]).squeeze(1) - t_norm)
-        if len(ids):
-            mass.append(torch.exp(torch.logsumexp(t_logits[:, ids], dim=-1) - t_norm))
-        else:
-            mass.append(torch.zeros_like(t_norm))
-    empty = student_hidden.new_zeros(0, dtype=torch.float32)
-    cat = (lambda xs: torch.cat(xs).cpu()) if student_lp else (lambda xs: empty.cpu())
-    return {"student_logprob": cat(student_lp), "teacher_logprob": cat(teacher_lp), "epistemic_mass": cat(mass)}
+    # m_t = exp(logsumexp_{v in E} z_v - log Z) with log Z = z_y - log p_T(y): only the |E| head rows
+    # are needed, not a second pass over the vocabulary (an empty E gives logsumexp = -inf, m_t = 0)
+    hidden, head = teacher_hidden.float(), teacher_head.float()
+    log_norm = (hidden * head[targets]).sum(-1) - teacher_lp
+    mass = torch.exp(torch.logsumexp(hidden @ head[ids].T, dim=-1) - log_norm)
+    return {"student_logprob": student_lp.float().cpu(), "teacher_logprob": teacher_lp.float().cpu(),
+            "epistemic_mass": mass.float().cpu()}
 
 
 def diagnostic_sums(stats: dict[str, torch.Tensor], prefix: str = "diag") -> Sums:

@@ -108,7 +108,7 @@ def chunked_divergence_from_hidden(
     """Weighted full-vocabulary divergence straight from final hidden states, in chunks of positions.
 
     `loss = sum_{t in mask} w_t D_t / normalizer`, with `z_S = h_t W^T (+ b)` the student logits and
-    `D_t` exactly as `trajdistill.losses.per_token_divergence` (same options, same order: teacher
+    `D_t` exactly as `trajdistill.losses.token_divergence` (same options, same order: teacher
     top-k, per-vocab clip, sum, per-token clip). Gradients flow into `student_hidden`,
     `lm_head_weight` and `lm_head_bias` (whichever require grad); the teacher is a constant.
 
@@ -122,7 +122,7 @@ def chunked_divergence_from_hidden(
             of rows at a time. Or instead `teacher_hidden` `[B, T, H_T]` + `teacher_head_weight`
             `[V, H_T]` (+ `teacher_head_bias`), for which teacher logits are also made per chunk.
         divergence: `forward_kl`, `reverse_kl` or `jsd` (with `beta`; 0 = forward, 1 = reverse KL).
-        temperature, vocab_clip, token_clip, top_k, tail_bucket: as in `forward_kl`.
+        temperature, vocab_clip, token_clip, top_k, tail_bucket: as in `token_divergence`.
         token_weights: `[B, T]` (or broadcastable, e.g. `[B, 1]`) per-token weights `w_t` (TOPD
             filter, ReNIO weight spread over its tokens, ...). None = 1. No gradient flows into them.
         normalizer: the denominator. Pass the token count of the whole optimisation batch (all
@@ -135,7 +135,7 @@ def chunked_divergence_from_hidden(
         detached unweighted `D_t` with the shape of `mask` (0 off-mask), or `[N]` without a mask,
         for logging. Gradients come back in the dtype of each input.
 
-    Recipes (N_batch, B_batch = counts over the whole optimisation batch, e.g. via `global_sum`):
+    Recipes (N_batch, B_batch = counts over the whole optimisation batch, all processes):
         token mean:         `normalizer=N_batch`
         TOPD filter:        `token_weights=near_future_filter(D, mask)`, `normalizer=N_batch`
         ReNIO `(1/B) sum_i w_i mean_t D_t(i)`: `token_weights = w[:, None] / mask.sum(-1, keepdim=True)`,

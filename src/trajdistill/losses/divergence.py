@@ -10,9 +10,9 @@ Notation (methods.md): `p_S = softmax(z_S / tau)`, `p_T = softmax(z_T / tau)` ov
 Options, applied in this order: teacher top-k restriction, per-vocab clip of the summands
 `sum_v clamp(d_v, 0, c)`, sum over v, per-token clip `min(D_t, c)`.
 
-The teacher is always a constant (detached); gradients flow into the student logits only. Every
-function returns per-token values `[...]` (0 where `mask` is 0); reduce them with
-`trajdistill.losses.aggregate`.
+The teacher is always a constant (detached); gradients flow into the student logits only.
+`token_divergence` is the dense per-row core: the chunked path (`chunked_divergence_from_hidden`)
+runs it on one chunk of logits at a time wherever it has no closed-form gradient.
 """
 
 from __future__ import annotations
@@ -103,7 +103,16 @@ def token_divergence(
 ) -> torch.Tensor:
     """`D_t` for every row of `[..., V]` logits, no masking; the shared core of all paths.
 
-    Computed in at least fp32. Order: top-k restriction, per-vocab clip, sum, per-token clip.
+    Args: `divergence` (`forward_kl`, `reverse_kl`, `jsd` with `beta`), temperature `tau`,
+    per-vocab clip `c` (`sum_v clamp(d_v, 0, c)`), per-token clip `c` (`min(D_t, c)`), teacher
+    top-k `k`, tail bucket. Computed in at least fp32. Order: top-k restriction, per-vocab clip,
+    sum, per-token clip.
+
+    `jsd` follows TRL's `GKDTrainer.generalized_jsd_loss` (`trl.experimental.gkd.gkd_trainer`,
+    trl 1.16): its mixture is `logsumexp(log p_S + log(1 - beta), log p_T + log beta)`, it returns
+    `beta * kl_div(m, p_T) + (1 - beta) * kl_div(m, p_S)` where `kl_div(input, target)` is
+    `KL(target || input)`, and its beta = 0 branch is `KL(p_T || p_S)`. So the same beta means the
+    same divergence in both; no mapping is needed.
     """
     divergence, beta = canonical_divergence(divergence, beta)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
@@ -117,101 +126,3 @@ def token_divergence(
     if token_clip is not None:
         per_token = per_token.clamp(max=token_clip)
     return per_token
-
-
-def per_token_divergence(
-    name: str,
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    **options,
-) -> torch.Tensor:
-    """Dispatch by name (`forward_kl`, `reverse_kl`, `jsd`): per-token values `[...]`, 0 off-mask.
-
-    `options` are those of `token_divergence` (beta, temperature, vocab_clip, token_clip, top_k,
-    tail_bucket). Only masked positions are computed, so padding logits never enter.
-    """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} differ")
-    if mask is None:
-        return token_divergence(student_logits, teacher_logits, divergence=name, **options)
-    mask = mask.bool()
-    values = token_divergence(student_logits[mask], teacher_logits[mask], divergence=name, **options)
-    out = values.new_zeros(mask.shape)
-    return out.masked_scatter(mask, values)
-
-
-def forward_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, vocab_clip=None,
-               token_clip=None, top_k=None, tail_bucket=False) -> torch.Tensor:
-    """Forward KL per token: `D_t = sum_v p_T(v) (log p_T(v) - log p_S(v))` (mode-covering).
-
-    Args: logits `[B, T, V]` (any leading shape), mask `[B, T]` of response positions,
-    temperature `tau`, per-vocab clip `c` (`sum_v clamp(d_v, 0, c)`), per-token clip `c`
-    (`min(D_t, c)`), teacher top-k `k`, tail bucket. Returns `[B, T]`, 0 where mask is 0.
-    """
-    return per_token_divergence("forward_kl", student_logits, teacher_logits, mask, temperature=temperature,
-                                vocab_clip=vocab_clip, token_clip=token_clip, top_k=top_k, tail_bucket=tail_bucket)
-
-
-def reverse_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, vocab_clip=None,
-               token_clip=None, top_k=None, tail_bucket=False) -> torch.Tensor:
-    """Reverse KL per token: `D_t = sum_v p_S(v) (log p_S(v) - log p_T(v))` (mode-seeking).
-
-    Same arguments and return as `forward_kl`.
-    """
-    return per_token_divergence("reverse_kl", student_logits, teacher_logits, mask, temperature=temperature,
-                                vocab_clip=vocab_clip, token_clip=token_clip, top_k=top_k, tail_bucket=tail_bucket)
-
-
-def generalized_jsd(student_logits, teacher_logits, mask=None, *, beta=0.5, temperature=1.0, vocab_clip=None,
-                    token_clip=None, top_k=None, tail_bucket=False) -> torch.Tensor:
-    """Generalized JSD (GKD) per token, `m = beta p_T + (1 - beta) p_S`:
-
-    `D_t = beta KL(p_T || m) + (1 - beta) KL(p_S || m)`; beta = 0 is forward KL, beta = 1 reverse KL.
-
-    This is the convention of TRL's `GKDTrainer.generalized_jsd_loss`
-    (`trl.experimental.gkd.gkd_trainer`, trl 1.16): its mixture is
-    `logsumexp(log p_S + log(1 - beta), log p_T + log beta)`, it returns
-    `beta * kl_div(m, p_T) + (1 - beta) * kl_div(m, p_S)` where `kl_div(input, target)` is
-    `KL(target || input)`, and its beta = 0 branch is `kl_div(log p_S, log p_T) = KL(p_T || p_S)`.
-    So the same beta means the same divergence in both; no mapping is needed.
-    Other arguments and the return as `forward_kl`.
-    """
-    return per_token_divergence("jsd", student_logits, teacher_logits, mask, beta=beta, temperature=temperature,
-                                vocab_clip=vocab_clip, token_clip=token_clip, top_k=top_k, tail_bucket=tail_bucket)
-
-
-def sampled_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """`log p(y_t)` of the given tokens `[B, T]` under `softmax(logits / tau)` `[B, T, V]`."""
-    logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
-    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
-
-
-def sampled_token_loss_from_logprobs(
-    student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Sampled-token estimator per token: `-A_t log p_S(y_t)`, `A_t = stopgrad(log p_T(y_t) - log p_S(y_t))`.
-
-    Its gradient is `-A_t grad log p_S(y_t)`, the policy-gradient form of reverse KL with a
-    per-token reward `log p_T - log p_S` (on-policy distillation blog). Returns `[B, T]`, 0 off-mask.
-    """
-    advantage = (teacher_logp.detach() - student_logp.detach())
-    loss = -advantage * student_logp
-    return loss if mask is None else torch.where(mask.bool(), loss, torch.zeros_like(loss))
-
-
-def sampled_token_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    tokens: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Sampled-token estimator from logits: `logits[:, t]` must be the distribution of `tokens[:, t]`.
-
-    See `sampled_token_loss_from_logprobs`; log-probs are taken at temperature `tau`.
-    """
-    student_logp = sampled_token_logprobs(student_logits, tokens, temperature)
-    with torch.no_grad():
-        teacher_logp = sampled_token_logprobs(teacher_logits, tokens, temperature)
-    return sampled_token_loss_from_logprobs(student_logp, teacher_logp, mask)
