@@ -40,7 +40,7 @@ from trajdistill.methods.base import Method, MethodOptions, StepResult
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.rollout.prompts import _as_ids, chat_ids
 from trajdistill.train.batch import TrainSequence, collate
-from trajdistill.train.logprobs import per_sequence_sum, token_logprobs
+from trajdistill.losses.logprobs import per_sequence_sum, token_logprobs
 
 console = Console(stderr=True)
 

@@ -19,13 +19,12 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from trajdistill.losses import chunked_divergence_from_hidden
+from trajdistill.losses import chunked_divergence_from_hidden, sampled_token_objective
 from trajdistill.methods.base import Method, MethodOptions, StepResult, TeacherKind
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
 from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
-from trajdistill.train.logprobs import token_logprobs
 
 _DIVERGENCE = {"forward_kl": "forward_kl", "reverse_kl": "reverse_kl", "jsd": "jsd"}
 
@@ -236,7 +235,9 @@ class OnPolicyDistillation(Method):
     def divergence(self, hidden: Hidden, targets, weights, normalizer) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.cfg.loss
         if spec.divergence == "sampled_token":
-            return sampled_token_objective(hidden, targets, weights, normalizer, spec.temperature, spec.chunk_size)
+            return sampled_token_objective(hidden.student, hidden.student_head, hidden.teacher, hidden.teacher_head,
+                                           targets, weights, normalizer, temperature=spec.temperature,
+                                           chunk_size=spec.chunk_size)
         return chunked_divergence_from_hidden(
             hidden.student, hidden.student_head,
             teacher_hidden=hidden.teacher, teacher_head_weight=hidden.teacher_head,
@@ -292,18 +293,6 @@ def rollout_sequence(rollout: Rollout, teacher_prompt: list[int]) -> TrainSequen
     return TrainSequence(student_prompt=rollout.prompt_ids, response=rollout.response_ids,
                          teacher_prompt=teacher_prompt, passed=rollout.verdict.passed,
                          problem_id=rollout.problem_id, finished=rollout.finished)
-
-
-def sampled_token_objective(hidden: Hidden, targets, weights, normalizer, temperature, chunk_size):
-    """`A_t = sg(log p_T(y_t) - log p_S(y_t))`, loss `-A_t log p_S(y_t)` (on-policy distillation)."""
-    student = token_logprobs(hidden.student, hidden.student_head, targets, temperature=temperature,
-                             chunk_size=chunk_size)
-    with torch.no_grad():
-        teacher = token_logprobs(hidden.teacher, hidden.teacher_head, targets, temperature=temperature,
-                                 chunk_size=chunk_size)
-    advantage = (teacher - student).detach()
-    loss = -(weights * advantage * student).sum() / normalizer
-    return loss, -advantage  # per token: the sampled-token estimate of KL(p_S || p_T)
 
 
 def rollout_metrics(rollouts: list[Rollout], kept: int) -> dict[str, tuple[float, float]]:

@@ -15,7 +15,7 @@ import torch
 from trajdistill.methods.onpolicy import Hidden, OnPolicyDistillation
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.train.batch import TrainSequence, collate
-from trajdistill.train.logprobs import token_logprobs
+from trajdistill.losses.logprobs import token_logprobs
 
 
 def padded(rows: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
