@@ -21,9 +21,11 @@ from trajdistill.files import (
 
 def test_json_safe_turns_every_non_finite_float_into_none():
     obj = {"loss": float("nan"), "nested": [1.5, float("inf"), (float("-inf"), 2)], "n": 3, "ok": True,
-           "np": np.float32("nan"), "name": "nan"}
-    assert json_safe(obj) == {"loss": None, "nested": [1.5, None, [None, 2]], "n": 3, "ok": True,
-                              "np": None, "name": "nan"}
+           "np": np.float32("nan"), "count": np.int64(4), "name": "nan"}
+    safe = json_safe(obj)
+    assert safe == {"loss": None, "nested": [1.5, None, [None, 2]], "n": 3, "ok": True, "np": None, "count": 4,
+                    "name": "nan"}
+    assert type(safe["count"]) is int and json.dumps(safe, allow_nan=False)
 
 
 def test_written_files_are_strict_json(tmp_path):

@@ -59,9 +59,12 @@ def _limit_text(limit: int) -> str:
 
 
 def json_safe(obj: Any) -> Any:
-    """`obj` with every NaN / infinity (nested in dicts, lists and tuples) replaced by None."""
-    if isinstance(obj, bool) or isinstance(obj, numbers.Integral):
+    """`obj` with every NaN / infinity (nested in dicts, lists and tuples) replaced by None, and
+    numpy numbers as plain Python ones."""
+    if isinstance(obj, bool):
         return obj
+    if isinstance(obj, numbers.Integral):  # numpy integers would otherwise be written as strings
+        return int(obj)
     if isinstance(obj, numbers.Real):  # float, numpy floats
         value = float(obj)
         return value if math.isfinite(value) else None
