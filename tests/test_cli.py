@@ -1,5 +1,6 @@
 """The command line: help for every subcommand, one-line errors and exit code 2 for user mistakes."""
 
+import json
 import subprocess
 import sys
 
@@ -45,3 +46,93 @@ def test_bad_problem_file_names_file_line_and_field(tmp_path):
 def test_report_on_a_non_run_directory(tmp_path):
     out = run("report", str(tmp_path))
     assert out.returncode == 2 and "not a run directory" in out.stderr
+
+
+# --- bad data: one line on stderr naming the file and line (or field), exit 2, before any model loads
+
+def one_error_line(out):
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+GOOD = b'{"id": "a", "prompt": "1+1?", "answer": "2"}\n'
+
+
+@pytest.mark.parametrize("content, expected", [
+    (GOOD + b'{"id": "b", "prompt": "caf\xe9", "answer": "3"}\n', "{path}:2: not valid UTF-8"),
+    (b"", "{path}: no problems"),
+    (b"\n\n", "{path}: no problems"),
+    (GOOD + b"[1, 2]\n", "{path}:2: expected a JSON object, got list"),
+    (GOOD + b'{"id": "b", "prompt": {"text": "q"}, "answer": "3"}\n', "{path}:2: field 'prompt' must be a string"),
+    (GOOD + b"\n" + GOOD, "{path}:3: field 'id' duplicates id 'a' ({path}:1)"),
+    (GOOD + b'{"id": "b", "prompt": "1+', "{path}:2: invalid JSON"),
+    (GOOD + b'{"id": "b", "prompt": "' + b"x" * (2 << 20) + b'", "answer": "1"}\n',
+     "{path}:2: record is longer than the 1 MiB limit (raise it with TRAJDISTILL_MAX_RECORD_BYTES=BYTES)"),
+], ids=["not-utf8", "empty", "blank-only", "not-object", "field-type", "duplicate-id", "cut-off", "too-long"])
+def test_eval_names_the_bad_problem_file_line(tmp_path, content, expected):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(content)
+    line = one_error_line(run("eval", "--data", str(path), "--split", "all", "--model", str(tmp_path / "no-model")))
+    assert expected.format(path=path) in line
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("builtin:nope", "unknown builtin set 'nope'"),
+    ("builtin:arith?digits=abc", "option 'digits': expected an integer, got 'abc'"),
+    ("builtin:arith?colour=red", "unknown option(s) ['colour']"),
+    ("builtin:arith?ops=pow", "option 'ops': unknown value(s) ['pow']"),
+    ("builtin:code?level=easy", "unknown option(s) ['level']"),
+])
+def test_eval_names_the_bad_builtin_option(tmp_path, source, expected):
+    line = one_error_line(run("eval", "--data", source, "--split", "all", "--model", str(tmp_path / "no-model")))
+    assert source in line and expected in line
+
+
+def test_eval_refuses_a_k_of_zero_before_loading_anything(tmp_path):
+    line = one_error_line(run("eval", "--data", "builtin:arith", "--k", "0", "--model", str(tmp_path / "no-model")))
+    assert "--k values must be at least 1" in line
+
+
+TRACE = {"problem_id": "a", "sample_index": 0, "prompt": "Q", "completion": "A", "correct": True}
+
+
+@pytest.mark.parametrize("content, expected", [
+    (json.dumps(TRACE).encode() + b'\n{"problem_id": "a", "completion": "\xff"}\n', "{path}:2: not valid UTF-8"),
+    (b"", "{path}: no rows"),
+    (json.dumps(TRACE).encode() + b'\n"a string"\n', "{path}:2: expected a JSON object, got str"),
+    (json.dumps(TRACE).encode() + b"\n\n" + json.dumps({**TRACE, "correct": "no"}).encode() + b"\n",
+     "{path}:3: field 'correct' must be bool, got str"),
+    (json.dumps({k: v for k, v in TRACE.items() if k != "completion"}).encode() + b"\n",
+     "{path}:1: field 'completion' is missing"),
+    (json.dumps(TRACE).encode() + b'\n{"problem_id": "a", "comp', "{path}:2: invalid JSON"),
+], ids=["not-utf8", "empty", "not-object", "field-type", "field-missing", "cut-off"])
+def test_traces_pairs_names_the_bad_trace_file_line(tmp_path, content, expected):
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(content)
+    line = one_error_line(run("traces", "pairs", str(path), "--out", str(tmp_path / "out")))
+    assert expected.format(path=path) in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_traces_pairs_accepts_a_bom_and_blank_lines(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    wrong = {**TRACE, "sample_index": 1, "completion": "B", "correct": False}
+    path.write_bytes(b"\xef\xbb\xbf\n" + json.dumps(TRACE).encode() + b"\n\n" + json.dumps(wrong).encode() + b"\n\n")
+    out = run("traces", "pairs", str(path), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    pairs = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("A", "B")]
+
+
+def test_report_warns_in_one_line_about_a_cut_off_metrics_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("method: opd\n")
+    (run_dir / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    out = run("report", str(run_dir), "--out", str(tmp_path / "report"))
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {run_dir}/metrics.jsonl:2: skipped a cut-off last line (an interrupted write)"]

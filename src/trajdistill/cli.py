@@ -45,7 +45,7 @@ def eval_cmd(
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Builtin name, directory or hub id."),
     data: str = typer.Option("builtin:arith-mix", "--data", "-d", help="Problem source (builtin:NAME or a file)."),
     split: str = typer.Option("held-out", help="held-out | train | all (split by stable id hash)."),
-    limit: Optional[int] = typer.Option(64, help="At most this many problems."),
+    limit: Optional[int] = typer.Option(64, help="At most this many problems (0: all)."),
     k: list[int] = typer.Option([1, 4], "--k", help="Pass@k values (n = max k samples per problem)."),
     temperature: float = typer.Option(0.7, help="Sampling temperature for the k samples."),
     greedy: bool = typer.Option(True, help="Also report greedy accuracy."),
@@ -58,12 +58,14 @@ def eval_cmd(
     """Sample k answers per problem, verify them, report Avg@k and Pass@k with standard errors."""
     from trajdistill.config import EvalSpec, load_config
     from trajdistill.data import load_problems, split_problems
-    from trajdistill.eval.runner import evaluate, summary_markdown
-    from trajdistill.models import load_model, load_tokenizer
-    from trajdistill.rollout import make_sampler
-    from trajdistill.verify import Verifiers
 
-    quiet_libraries()
+    if split not in ("held-out", "train", "all"):
+        raise UserError(f"--split must be held-out, train or all, got '{split}'")
+    if any(value < 1 for value in k):
+        raise UserError(f"--k values must be at least 1, got {k}")
+    if limit is not None and limit < 0:
+        raise UserError(f"--limit must be a count of problems (0 for all), got {limit}")
+    # The data is checked before torch and the model load, so a bad file fails in a second.
     cfg = load_config(config) if config else load_config(None)
     problems = load_problems(data, fields=cfg.data.fields or None)
     if split != "all":
@@ -71,8 +73,15 @@ def eval_cmd(
         problems = held if split == "held-out" else train_part
     problems = problems[:limit] if limit else problems
     if not problems:
-        raise UserError(f"no problems in {data} ({split})")
+        raise UserError(f"{data}: no problems in the {split} split")
     spec = EvalSpec(k=k, temperature=temperature, greedy=greedy, max_new_tokens=max_new_tokens)
+
+    quiet_libraries()
+    from trajdistill.eval.runner import evaluate, summary_markdown
+    from trajdistill.models import load_model, load_tokenizer
+    from trajdistill.rollout import make_sampler
+    from trajdistill.verify import Verifiers
+
     tok = load_tokenizer(model)
     lm = load_model(model)
     sampler = make_sampler(cfg.sampling.backend, lm, tok, batch_size=batch_size)

@@ -5,27 +5,49 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 
 import typer
 
 from trajdistill import UserError
+from trajdistill.files import TornTailWarning
+
+
+def one_line(message: object) -> str:
+    """A message folded onto one line: a caller reading stderr line by line sees all of it."""
+    return " ".join(str(message).split())
 
 
 def user_errors(fn):
-    """User mistakes end as one line on stderr and exit code 2, never a traceback."""
+    """User mistakes end as one line on stderr and exit code 2, never a traceback.
+
+    trajdistill's own data warnings (a skipped cut-off last line) print as one `warning:` line.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_data_warnings(warnings.showwarning)
+                return fn(*args, **kwargs)
         except UserError as err:
-            typer.echo(f"error: {err}", err=True)
+            typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted (rerun with --resume / the same command to continue)", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _one_line_data_warnings(show_other):
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, TornTailWarning):
+            typer.echo(f"warning: {one_line(message)}", err=True)
+        else:
+            show_other(message, category, *args, **kwargs)
+
+    return show
 
 
 def quiet_libraries() -> None:

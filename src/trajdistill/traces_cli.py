@@ -77,9 +77,9 @@ def pairs_command(traces: str | Path, out: str | Path, *, max_prompt_tokens: int
     With `tokenizer_name` every length is re-measured in that (the student's) tokenizer; otherwise
     the trace set's own `length` / `prompt_length` columns are used.
     """
-    from trajdistill.data.traces import PairFilter, build_pairs, fill_lengths, read_rows, write_rows
+    from trajdistill.data.traces import TRACE_COLUMNS, PairFilter, build_pairs, fill_lengths, read_rows, write_rows
 
-    rows = read_rows(traces)
+    rows = read_rows(traces, TRACE_COLUMNS)
     if tokenizer_name:
         from trajdistill.models import load_tokenizer
 

@@ -79,6 +79,40 @@ def test_bad_records_name_file_and_line(tmp_path):
         load_taco(tmp_path / "junk.jsonl")
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"", r"c\.jsonl: no problems$"),
+    (b"\n  \n", r"c\.jsonl: no problems$"),
+    (json.dumps(HUMANEVAL).encode() + b'\n{"task_id": "caf\xe9"}\n', r"c\.jsonl:2: not valid UTF-8"),
+    (json.dumps(HUMANEVAL).encode() + b"\n[1]\n", r"c\.jsonl:2: expected a JSON object, got list"),
+    (json.dumps(HUMANEVAL).encode() + b'\n{"task_id": "x", "prompt"', r"c\.jsonl:2: invalid JSON .*cut-off line"),
+    ((json.dumps(HUMANEVAL) + "\n" + json.dumps(HUMANEVAL) + "\n").encode(),
+     r"c\.jsonl:2: id 'HumanEval/0' duplicates line 1"),
+    (json.dumps({k: v for k, v in HUMANEVAL.items() if k != "test"}).encode(), r"c\.jsonl:1: field 'test'"),
+])
+def test_unusable_code_files_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        load_humaneval(path)
+    assert "\n" not in str(err.value)
+
+
+def test_native_record_missing_a_test_key_names_it(tmp_path):
+    record = {"id": "p", "prompt": "Add.", "tests": {"type": "function", "asserts": ["assert f(1) == 1"]}}
+    path = write_jsonl(tmp_path / "n.jsonl", [record])
+    with pytest.raises(UserError, match=r"n\.jsonl:1: field 'entry_point' is missing"):
+        load_code_problems(path)
+
+
+def test_bom_and_blank_lines_are_accepted(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(HUMANEVAL).encode() + b"\n\n" + json.dumps(MBPP).encode() + b"\n")
+    with pytest.raises(UserError, match=r"c\.jsonl:3: field 'prompt'"):  # MBPP has no prompt: line 3 named
+        load_humaneval(path)
+    path.write_bytes(b"\xef\xbb\xbf\n" + json.dumps(HUMANEVAL).encode() + b"\n\n")
+    assert [p.id for p in load_humaneval(path)] == ["HumanEval/0"]
+
+
 @needs_bwrap
 @pytest.mark.slow
 def test_loaded_references_pass_and_wrong_answers_fail(tmp_path):

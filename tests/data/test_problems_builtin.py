@@ -74,7 +74,12 @@ def test_parse_builtin_name(name, expected):
     ("builtin:svamp?split=train", {}, "unknown option"),
     ("builtin:gsm8k?split=dev", {}, "split must be train or test"),
     ("builtin:arith?digits=two", {}, "option 'digits'"),
-    ("builtin:arith?ops=pow", {}, "unknown op 'pow'"),
+    ("builtin:arith?ops=pow", {}, r"option 'ops': unknown value\(s\) \['pow'\]"),
+    ("builtin:arith?wrapper=poem", {}, r"option 'wrapper': unknown value\(s\) \['poem'\]"),
+    ("builtin:arith?ops=", {}, "option 'ops': no value"),
+    ("builtin:arith?digits=9", {}, r"^builtin:arith\?digits=9: arith: digits must be between 1 and 6"),
+    ("builtin:arith?count=0", {}, r"^builtin:arith\?count=0: no problems$"),
+    ("builtin:code?level=easy", {}, r"unknown option\(s\) \['level'\]"),
     ("builtin:arith?count=5", {"count": 6}, "both in the name and as arguments"),
     ("builtin:arith?count=1&count=2", {}, "given twice"),
 ])
@@ -85,6 +90,6 @@ def test_bad_builtin_names_are_user_errors(source, kwargs, message):
 
 def test_code_builtin_is_routed_lazily(monkeypatch):
     fake = types.ModuleType("trajdistill.data.code")
-    fake.builtin_code_problems = lambda **opts: ["called", opts]
+    fake.builtin_code_problems = lambda: ["called"]
     monkeypatch.setitem(sys.modules, "trajdistill.data.code", fake)
-    assert load_problems("builtin:code?level=easy") == ["called", {"level": "easy"}]
+    assert load_problems("builtin:code") == ["called"]

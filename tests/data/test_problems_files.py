@@ -65,6 +65,59 @@ def test_bad_jsonl_records_name_file_line_and_field(tmp_path, bad_line, message)
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"", r"p\.jsonl: no problems$"),
+    (b"\n\n   \n", r"p\.jsonl: no problems$"),
+    (b'{"question": "q", "final": "1"}\n{"question": "caf\xe9", "final": "2"}\n', r"p\.jsonl:2: not valid UTF-8"),
+    (b'{"question": "q", "final": "1"}\n{"question": "q2", "fin', r"p\.jsonl:2: invalid JSON .*cut-off line"),
+])
+def test_unusable_jsonl_files_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        load_problems(str(path), fields=MAPPING)
+    assert "\n" not in str(err.value)
+
+
+def test_a_utf8_bom_and_blank_lines_keep_line_numbers(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n\n" + json.dumps(ROWS[0]).encode() + b"\n")
+    with pytest.raises(UserError, match=r"p\.jsonl:3: field 'id' duplicates id 'a' \(.*p\.jsonl:1\)"):
+        load_problems(str(path), fields=MAPPING)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n")
+    assert [p.id for p in load_problems(str(path), fields=MAPPING)] == ["a"]
+
+
+def test_a_record_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [ROWS[0], {"id": "big", "question": "x" * 3_000_000, "final": "1"}])
+    with pytest.raises(UserError, match=r"p\.jsonl:2: record is longer than the 1 MiB limit"):
+        load_problems(str(path), fields=MAPPING)
+    monkeypatch.setenv("TRAJDISTILL_MAX_RECORD_BYTES", str(4 << 20))
+    assert len(load_problems(str(path), fields=MAPPING)[1].prompt) == 3_000_000
+
+
+def test_empty_tables_and_damaged_tables_are_user_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    pq.write_table(pa.Table.from_pylist([], schema=pa.schema([("prompt", pa.string())])), tmp_path / "e.parquet")
+    with pytest.raises(UserError, match=r"e\.parquet: no problems$"):
+        load_problems(str(tmp_path / "e.parquet"))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match=r"bad\.parquet: not a readable Parquet file"):
+        load_problems(str(tmp_path / "bad.parquet"))
+    # `datasets` itself cannot reload a set saved with no rows (zero shards); either way, one line.
+    Dataset.from_dict({"prompt": [], "answer": []}).save_to_disk(str(tmp_path / "empty_set"))
+    with pytest.raises(UserError, match=r"empty_set: (no problems|not a readable saved dataset)"):
+        load_problems(str(tmp_path / "empty_set"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "dataset_info.json").write_text("{")
+    with pytest.raises(UserError, match=r"broken: not a readable saved dataset") as err:
+        load_problems(str(tmp_path / "broken"))
+    assert "\n" not in str(err.value)
+
+
 def test_parquet_rows(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

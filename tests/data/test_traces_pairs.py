@@ -5,8 +5,8 @@ import json
 import pytest
 
 from trajdistill import UserError
-from trajdistill.data.traces import (GenerationFields, PairFilter, build_pairs, import_generations, read_rows,
-                                     write_rows)
+from trajdistill.data.traces import (TRACE_COLUMNS, GenerationFields, PairFilter, build_pairs, import_generations,
+                                     read_rows, write_rows)
 
 
 def trace(pid, index, correct, text=None, length=10, prompt_length=20, finished=True):
@@ -96,3 +96,50 @@ def test_written_sets_are_readable_by_datasets_in_both_formats(tmp_path):
         assert ds.column_names[:3] == ["prompt", "chosen", "rejected"] and ds[0]["chosen"] == "a-0"
         assert read_rows(tmp_path / f"pairs.{ext}") == pairs
     assert json.loads((tmp_path / "pairs.jsonl").read_text().splitlines()[0])["rejected"] == "a-1"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"t\.jsonl: no rows$"),
+    (b"\n \n", r"t\.jsonl: no rows$"),
+    (b'{"problem_id": "a", "prompt": "caf\xe9"}\n', r"t\.jsonl:1: not valid UTF-8"),
+    (b'{"problem_id": "a"}\n[1, 2]\n', r"t\.jsonl:2: expected a JSON object, got list"),
+    (b'{"problem_id": "a"}\n{"problem_id": "b", "pro', r"t\.jsonl:2: invalid JSON .*cut-off line"),
+])
+def test_unusable_row_files_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        read_rows(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"correct": None}, r"t\.jsonl:3: field 'correct' is missing"),
+    ({"correct": "yes"}, r"t\.jsonl:3: field 'correct' must be bool, got str"),
+    ({"completion": ["a"]}, r"t\.jsonl:3: field 'completion' must be str, got list"),
+    ({"length": "12"}, r"t\.jsonl:3: field 'length' must be int, got str"),
+    ({"sample_index": True}, r"t\.jsonl:3: field 'sample_index' must be int, got bool"),
+])
+def test_trace_rows_are_checked_against_the_trace_columns(tmp_path, change, message):
+    rows = [trace("a", 0, True), {**trace("a", 1, False), **change}]
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[0]).encode() + b"\n\n" + json.dumps(rows[1]).encode() + b"\n")
+    with pytest.raises(UserError, match=message):
+        read_rows(path, TRACE_COLUMNS)
+
+
+def test_optional_trace_columns_may_be_absent_or_null(tmp_path):
+    rows = [{"problem_id": 7, "prompt": "p", "completion": "c", "correct": True, "length": None}]
+    write_rows(rows, tmp_path, "t")
+    assert read_rows(tmp_path / "t.jsonl", TRACE_COLUMNS) == rows
+    assert read_rows(tmp_path / "t.parquet", TRACE_COLUMNS) == rows
+
+
+def test_a_bad_parquet_row_names_the_row_and_a_damaged_file_is_one_line(tmp_path):
+    write_rows([trace("a", 0, True), {**trace("a", 1, False), "correct": None}], tmp_path, "t")
+    with pytest.raises(UserError, match=r"t\.parquet row 1: field 'correct' is missing"):
+        read_rows(tmp_path / "t.parquet", TRACE_COLUMNS)
+    (tmp_path / "bad.parquet").write_bytes(b"junk")
+    with pytest.raises(UserError, match=r"bad\.parquet: not a readable Parquet file") as err:
+        read_rows(tmp_path / "bad.parquet")
+    assert "\n" not in str(err.value)

@@ -10,11 +10,12 @@ it only ships the files), the arithmetic family is generated, code problems live
     svamp, asdiv, mawps   test sets, answer only
     arith-mix  count, seed: the default demo mix (`arithmetic.ARITH_MIX`)
     arith      ops, digits, wrapper, count, seed, max_result (`arithmetic.arith_problems`)
-    code       options are passed to `trajdistill.data.code.builtin_code_problems`
+    code       no options: trajdistill's own programming problems (`trajdistill.data.code`)
 
 Options may also be given as keyword arguments (`load_problems("builtin:arith", ops=["mul"])`);
 list options take comma-separated values in the name (`ops=add,sub`). A keyword argument and a
-name option for the same key is an error rather than a silent override.
+name option for the same key is an error rather than a silent override. An unknown set or option,
+a value of the wrong kind and a set with no problems are one-line `UserError`s naming the option.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import importlib.util
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl
 
 from trajdistill import UserError
@@ -134,10 +135,10 @@ def math_problems(split: str = "train") -> list[Problem]:
     return [p for p in problems if p is not None]
 
 
-def _code_problems(**opts: Any) -> list[Problem]:
+def _code_problems() -> list[Problem]:
     from trajdistill.data.code import builtin_code_problems  # owned elsewhere; imported on demand
 
-    return builtin_code_problems(**opts)
+    return builtin_code_problems()
 
 
 def _int(value: Any) -> int:
@@ -154,8 +155,22 @@ def _words(value: Any) -> list[str]:
     raise ValueError(f"expected a comma-separated list, got {value!r}")
 
 
-# name -> (loader, {option: converter}); None means "pass options through unchecked".
-BUILTINS: dict[str, tuple[Callable[..., list[Problem]], dict[str, Callable] | None]] = {
+def _one_or_more_of(allowed: Iterable[str]) -> Callable[[Any], list[str]]:
+    allowed = sorted(allowed)
+
+    def convert(value: Any) -> list[str]:
+        words = _words(value)
+        unknown = [w for w in words if w not in allowed]
+        if unknown or not words:
+            shown = f"unknown value(s) {unknown}" if unknown else "no value"
+            raise ValueError(f"{shown} (choose from {allowed})")
+        return words
+
+    return convert
+
+
+# name -> (loader, {option: converter})
+BUILTINS: dict[str, tuple[Callable[..., list[Problem]], dict[str, Callable]]] = {
     "gsm8k": (gsm8k_problems, {"split": str}),
     "math": (math_problems, {"split": str}),
     "math500": (math500_problems, {}),
@@ -163,9 +178,10 @@ BUILTINS: dict[str, tuple[Callable[..., list[Problem]], dict[str, Callable] | No
     "asdiv": (asdiv_problems, {}),
     "mawps": (mawps_problems, {}),
     "arith-mix": (arithmetic.arith_mix_problems, {"count": _int, "seed": _int}),
-    "arith": (arithmetic.arith_problems, {"ops": _words, "digits": _int, "wrapper": _words,
-                                          "count": _int, "seed": _int, "max_result": _int}),
-    "code": (_code_problems, None),
+    "arith": (arithmetic.arith_problems, {"ops": _one_or_more_of(arithmetic.SYMBOLS), "digits": _int,
+                                          "wrapper": _one_or_more_of(arithmetic.WRAPPERS), "count": _int,
+                                          "seed": _int, "max_result": _int}),
+    "code": (_code_problems, {}),
 }
 
 
@@ -190,10 +206,15 @@ def load_builtin(source: str, **kwargs: Any) -> list[Problem]:
     if both:
         raise UserError(f"{source}: option(s) {both} given both in the name and as arguments")
     loader, schema = BUILTINS[name]
-    opts = {**opts, **kwargs}
-    if schema is not None:
-        opts = _convert(source, opts, schema)
-    return loader(**opts)
+    opts = _convert(source, {**opts, **kwargs}, schema)
+    try:
+        problems = loader(**opts)
+    except UserError as err:  # the generators' own checks (digit range, count) get the set's name
+        message = str(err)
+        raise UserError(message if message.startswith(source) else f"{source}: {message}") from None
+    if not problems:
+        raise UserError(f"{source}: no problems")
+    return problems
 
 
 def _convert(source: str, opts: dict[str, Any], schema: dict[str, Callable]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Every loader returns `Problem(kind="code")` whose `tests` are `FunctionTests` or `IOTests`
 (from `trajdistill.verify.code`) and whose `reference` is a known-good solution when the file
-has one. A malformed record stops loading with a `UserError` naming the file and line.
+has one. A malformed record stops loading with a `UserError` naming the file and line; files are
+read as `trajdistill.files.iter_jsonl_numbered` reads them (streamed, size-limited lines).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from trajdistill import UserError
+from trajdistill.files import iter_jsonl_numbered
 from trajdistill.records import Problem
 from trajdistill.verify.code import FunctionTests, IOTests
 
@@ -132,25 +134,27 @@ def _load(path: str | Path, convert: Callable[[dict[str, Any]], Problem]) -> lis
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    problems = []
-    for lineno, rec in zip(_line_numbers(lines), _records(lines, str(path))):
+    problems, lines = [], {}
+    for lineno, rec in iter_jsonl_numbered(path, torn_tail="error"):
         try:
             problem = convert(rec)
-        except (KeyError, ValueError, TypeError) as exc:
+        except KeyError as exc:
+            raise UserError(f"{path}:{lineno}: field {exc.args[0]!r} is missing") from None
+        except (ValueError, TypeError) as exc:
             raise UserError(f"{path}:{lineno}: {exc}") from None
         if not problem.id:
             problem.id = f"{path.stem}-{lineno}"
+        if problem.id in lines:
+            raise UserError(f"{path}:{lineno}: id '{problem.id}' duplicates line {lines[problem.id]}")
+        lines[problem.id] = lineno
         problems.append(problem)
+    if not problems:
+        raise UserError(f"{path}: no problems")
     return problems
 
 
-def _line_numbers(lines: list[str]) -> Iterator[int]:
-    return (i for i, line in enumerate(lines, 1) if line.strip())
-
-
 def _records(lines: list[str], where: str) -> Iterator[dict[str, Any]]:
+    """The builtin resource's records (a packaged file, read as text)."""
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue

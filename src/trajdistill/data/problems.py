@@ -2,20 +2,22 @@
 
 Each record becomes a `Problem` through a `FieldMap` (which column holds the prompt, the answer,
 ...). A bad record stops loading with a `UserError` that names the file, the line (JSONL, 1-based)
-or row (Parquet / datasets, 0-based as in `dataset[i]`) and the field.
+or row (Parquet / datasets, 0-based as in `dataset[i]`) and the field. JSONL files are read by
+`trajdistill.files.iter_jsonl_numbered` (streamed, size-limited lines, a cut-off last line is an
+error here); a file without a single problem is an error too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from trajdistill import UserError
+from trajdistill.files import error_line, iter_jsonl_numbered
 from trajdistill.records import Problem
 
 
@@ -117,20 +119,15 @@ def _build(records: Iterable[tuple[_Where, Any]], path: Path, fields: FieldMap, 
     for index, (where, record) in enumerate(records):
         problems.append(record_to_problem(record, fields, where, f"{path.stem}-{index}", kind, str(path)))
         wheres.append(where)
+    if not problems:
+        raise UserError(f"{path}: no problems")
     _check_unique(problems, wheres, fields)
     return problems
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[_Where, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = _Where(path, line=number)
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{where.text}: invalid JSON ({err.msg} at column {err.colno})") from None
+    for number, record in iter_jsonl_numbered(path, torn_tail="error"):
+        yield _Where(path, line=number), record
 
 
 def load_jsonl_problems(path: str | Path, fields: FieldMap | Mapping | None = None,
@@ -154,7 +151,7 @@ def load_parquet_problems(path: str | Path, fields: FieldMap | Mapping | None = 
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as err:  # pyarrow's errors vary by corruption; the user needs the file name
-        raise UserError(f"{path}: not a readable Parquet file ({err})") from None
+        raise UserError(f"{path}: not a readable Parquet file ({error_line(err)})") from None
     return _build(_table_records(rows, path), path, FieldMap.from_any(fields), kind)
 
 
@@ -167,7 +164,10 @@ def load_dataset_dir_problems(path: str | Path, fields: FieldMap | Mapping | Non
     from datasets import DatasetDict, load_from_disk
 
     path = Path(path)
-    data = load_from_disk(str(path))
+    try:
+        data = load_from_disk(str(path))
+    except Exception as err:  # datasets raises several types for a damaged directory
+        raise UserError(f"{path}: not a readable saved dataset ({error_line(err)})") from None
     if isinstance(data, DatasetDict):
         if split is None and len(data) != 1:
             raise UserError(f"{path}: choose a split with split=... (has {sorted(data)})")
