@@ -7,7 +7,7 @@ paper, the source. Unknown keys are errors (a typo must not silently fall back t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -62,6 +62,9 @@ class DataSpec(Section):
     """Held-out share (fraction) or count of `train`, split by a stable hash of the problem id."""
     max_train: int | None = None
     max_eval: int | None = 64
+    kind: str = "math"
+    """Problem kind of file data sets (`math`, `code`, or a kind with a registered verifier); it picks
+    the verifier. Builtin sets know their kind."""
     fields: dict[str, str] = Field(default_factory=dict)
     """Field mapping for files, e.g. {prompt: question, answer: final, reference: solution}."""
     split_seed: int = 0
@@ -116,7 +119,7 @@ class OptimSpec(Section):
 
 
 class EvalSpec(Section):
-    k: list[int] = Field(default_factory=lambda: [1, 4])
+    k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 4], min_length=1)
     """Pass@k values reported; n = max(k) samples per problem."""
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from trajdistill import UserError
 from trajdistill.config import RunConfig
 from trajdistill.data import load_problems, split_problems
 from trajdistill.eval.runner import evaluate, summary_markdown
@@ -36,15 +37,17 @@ class Problems:
 
 def load_run_problems(cfg: RunConfig) -> Problems:
     d = cfg.data
-    problems = load_problems(d.train, fields=d.fields or None)
+    problems = load_problems(d.train, fields=d.fields or None, kind=d.kind)
     if d.eval:
-        train, held = problems, load_problems(d.eval, fields=d.fields or None)
+        train, held = problems, load_problems(d.eval, fields=d.fields or None, kind=d.kind)
     else:
         train, held = split_problems(problems, held_out=d.held_out, seed=d.split_seed)
     if d.max_train:
         train = train[: d.max_train]
     if d.max_eval:
         held = held[: d.max_eval]
+    if not train:
+        raise UserError(f"data.train {d.train}: the split left no training problems (data.held_out={d.held_out})")
     return Problems(train, held)
 
 
@@ -128,8 +131,8 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
     run_dir = Path(cfg.output_dir)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    problems = load_run_problems(cfg)  # data errors before the model loads
     ctx, method, accelerator = build(cfg, run_dir, model=model, tokenizer=tokenizer)
-    problems = load_run_problems(cfg)
     items = method.train_items(problems.train)
     run_preflight_prompts(cfg, method, problems.train)
     is_main = ctx.rank == 0
