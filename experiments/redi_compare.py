@@ -6,7 +6,8 @@
    context (the reference solution), each verified (resumable: rerun continues);
 2. pairs: first correct + first incorrect trace per problem, length filters; SFT set = positives;
 3. stage 1: SFT on the positives from the base model (its `before` evaluation is the base row);
-4. stage 2: REDI / DPO / SimPO from the SFT export, same pairs, steps, batch and learning rate;
+4. stage 2: REDI / DPO / SimPO from the SFT export, same pairs, steps and batch, each objective
+   at each rate of a small learning-rate sweep (`--lrs`, three values);
 5. report: held-out greedy, Avg@k and Pass@k with standard errors, plus training curves.
 
 Every stage is skipped when its output exists, so an interrupted comparison resumes. Extra
@@ -31,6 +32,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--eval", type=int, default=32, help="held-out problems evaluated")
     ap.add_argument("--stage2", default="redi,dpo,simpo")
+    ap.add_argument("--lrs", default="1e-5,2e-5,5e-5",
+                    help="stage-2 learning-rate sweep, run for each objective (the paper tunes each "
+                         "objective's rate separately, seed 004 App. C.4)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override for every stage")
     ap.add_argument("--stage2-set", dest="stage2_sets", action="append", default=[],
                     help="override for the REDI / DPO / SimPO runs only (e.g. optim.lr=1e-4)")
@@ -64,13 +68,14 @@ def main() -> None:
         train_command(load_config("configs/sft.yaml", common + [
             f"sft.dataset={data / 'sft.jsonl'}", f"output_dir={runs[0]}"]))
     for method in args.stage2.split(","):
-        run = out / f"sft+{method}"
-        runs.append(run)
-        if (run / "eval" / "after.json").exists():
-            continue
-        train_command(load_config(f"configs/{method}.yaml", common + [
-            f"model.name={runs[0] / 'final'}", f"{method}.dataset={data / 'pairs.jsonl'}", f"output_dir={run}",
-            "eval.before=false", *args.stage2_sets]))
+        for lr in args.lrs.split(","):
+            run = out / f"sft+{method}-lr{lr}"
+            runs.append(run)
+            if (run / "eval" / "after.json").exists():
+                continue
+            train_command(load_config(f"configs/{method}.yaml", common + [
+                f"model.name={runs[0] / 'final'}", f"{method}.dataset={data / 'pairs.jsonl'}", f"output_dir={run}",
+                "eval.before=false", f"optim.lr={lr}", *args.stage2_sets]))
     report = build_report(runs, out / "report", "REDI vs DPO vs SimPO after SFT (SmolLM2-135M, arith-mix)")
     print(report.read_text())
 

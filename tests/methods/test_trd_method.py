@@ -65,6 +65,13 @@ def test_unusable_refinement_falls_back_to_the_raw_rollout_or_is_dropped(status)
     assert choose_target(row(), "drop", "all") == "y_r"
 
 
+@pytest.mark.parametrize("status", ["truncated", "bad_format"])
+def test_by_default_every_nonempty_refinement_is_trained_on_as_in_the_paper(status):
+    assert choose_target(row(refine_status=status), "none", "all") == "y_r"
+    assert choose_target(row(refine_status="empty"), "none", "all") is None
+    assert choose_target(row(), "none", "all") == "y_r"
+
+
 def test_fail_to_pass_filter_keeps_only_repaired_rollouts():
     assert choose_target(row(), "raw", "fail_to_pass") == "y_r"
     for o, r in ((True, True), (True, False), (False, False)):
@@ -190,15 +197,14 @@ def test_offline_pass_saves_a_dataset_that_restarts_stage3_without_sampling(tmp_
                                 "y_r_tokens", "refine_status"} <= set(frame.columns)
     assert datasets.load_dataset("parquet", data_files=str(path), split="train").num_rows == 2
     assert (tmp_path / "run" / "rollouts" / "trd-table.md").is_file()
-    assert len(items) == 2  # fallback raw keeps every rollout
+    assert len(items) == sum(s != "empty" for s in frame["refine_status"])  # the paper's: y_r unless empty
 
     _, again = build_trd(tmp_path / "restart", tiny_model(tokenizer, seed=0), tokenizer, f"trd.dataset={path}")
     again.ctx.sampler = again.ctx.teacher = None  # any sampling would now fail
     restarted = again.train_items(problems()[1:])  # only rows of training problems are used
     assert [r["problem_id"] for r in restarted] == ["p1"]
     units = again.collect(restarted, step=0).units
-    assert [u.response for u in units] == [list(r["y_o_ids"] if r["refine_status"] != "ok" else r["y_r_ids"])
-                                           for r in restarted]
+    assert [u.response for u in units] == [list(r["y_r_ids"]) for r in restarted if r["refine_status"] != "empty"]
 
 
 def test_empty_training_set_after_filters_is_a_user_error(tmp_path, tiny_lm, tokenizer):

@@ -69,12 +69,13 @@ def evaluate(
         summary["greedy"] = _stat([float(g[0].verdict.passed) for g in greedy.values()])
         for i, g in greedy.items():
             per_problem[i]["greedy"] = int(g[0].verdict.passed)
-    sampled = run(SamplingParams(n=n, temperature=spec.temperature, top_p=spec.top_p,
+    sampled = run(SamplingParams(n=n, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
                                  max_new_tokens=spec.max_new_tokens, seed=spec.seed), "sampled")
     correct = [sum(r.verdict.passed for r in g) for g in sampled.values()]
     for i, c in zip(sampled, correct):
         per_problem[i]["correct"] = c
     summary[f"avg@{n}"] = _stat([c / n for c in correct])
+    summary[f"avg@{n}"]["se_runs"] = runs_se(sampled.values(), n)
     for k in spec.k:
         summary[f"pass@{k}"] = _stat([pass_at_k(n, c, k) for c in correct])
     all_sampled = [r for g in sampled.values() for r in g]
@@ -92,15 +93,33 @@ def evaluate(
     return summary
 
 
+def runs_se(groups, n: int) -> float:
+    """REDI's error bar (seed 004, C.5): the standard deviation of the n benchmark-wide pass@1
+    scores (sample j of every problem is run j) over sqrt(n). NaN for n = 1."""
+    runs = [[0, 0] for _ in range(n)]
+    for group in groups:
+        for r in group:
+            runs[r.sample_index][0] += int(r.verdict.passed)
+            runs[r.sample_index][1] += 1
+    scores = [passed / total for passed, total in runs if total]
+    if len(scores) < 2:
+        return float("nan")
+    mean = sum(scores) / len(scores)
+    return math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) / math.sqrt(len(scores))
+
+
 def metric_columns(summary: dict) -> list[str]:
     cols = ["greedy"] if "greedy" in summary else []
     return cols + [f"avg@{summary['n']}"] + [f"pass@{k}" for k in summary["k"]]
 
 
 def fmt(stat: dict | None, scale: float = 100.0) -> str:
+    """`mean ± per-problem SE`, and `[± runs SE]` (REDI's error bar) where it was computed."""
     if not stat or stat.get("mean") is None or math.isnan(stat["mean"]):
         return "-"
-    return f"{scale * stat['mean']:.1f} ± {scale * stat['se']:.1f}"
+    runs = stat.get("se_runs")
+    extra = f" [± {scale * runs:.1f}]" if runs is not None and not math.isnan(runs) else ""
+    return f"{scale * stat['mean']:.1f} ± {scale * stat['se']:.1f}{extra}"
 
 
 def _per_problem_values(summary: dict, column: str) -> dict[str, float]:

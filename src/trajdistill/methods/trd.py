@@ -3,7 +3,8 @@
     stage 1   y_o ~ p_S(. | c_S)                                    (student rollout, n = 1)
     stage 2   y_r ~ p_T(. | refine(x, y_o))       OPD: separate teacher, no reference
                     p_T(. | refine(x, y*, y_o))   OPSD: same base, adapter off, reference shown
-              clean y_r (strip a copied template head); unusable -> fallback (raw y_o, or drop)
+              clean y_r (strip a copied template head); train on y_r (an empty one is skipped;
+              `trd.fallback: raw | drop` swaps unusable ones for y_o or drops them)
     stage 3   D_t = KL(p_T(. | refine(...), y_r<t) || p_S(. | c_S, y_r<t))   for t in y_r
               (full-vocabulary forward KL, no clip: the `loss` section of the preset)
 
@@ -51,7 +52,9 @@ OFFLINE_STEP = 1_000_000  # seeds and `step` column of the offline pass (chunk c
 
 def choose_target(row: dict, fallback: str, outcome_filter: str) -> str | None:
     """Which trajectory stage 3 trains on: "y_r", "y_o" (fallback raw), or None (dropped)."""
-    target = "y_r" if row["refine_status"] == "ok" else ("y_o" if fallback == "raw" else None)
+    status = row["refine_status"]
+    usable = status == "ok" or (fallback == "none" and status != "empty")
+    target = "y_r" if usable else ("y_o" if fallback == "raw" else None)
     if target == "y_o" and not row["y_o_ids"]:
         target = None
     passed_o, passed_r = bool(row["y_o_passed"]), bool(row["y_r_passed"])
@@ -71,9 +74,12 @@ class TRDOptions(SettingOptions):
     mode: Literal["offline", "online"] = "offline"
     """offline: stages 1-2 once over the whole training set before training (the paper's
     single-update pipeline); online: refine each step's fresh rollouts."""
-    fallback: Literal["raw", "drop"] = "raw"
-    """What to do with an unusable refinement (empty, truncated at the budget, or not in the answer
-    format): train on the raw rollout y_o (teacher context: the plain OPD/OPSD one), or drop it."""
+    fallback: Literal["none", "raw", "drop"] = "none"
+    """What to do with an unusable refinement (truncated at the budget, or not in the answer
+    format). `none` (the paper's pipeline, seed 003 section 5 and Table 13): train on y_r whatever
+    its status; only an empty refinement is skipped (counted in `refine/empty`). `raw`: train on the
+    raw rollout y_o instead (teacher context: the plain OPD/OPSD one). `drop`: leave it out.
+    `train/on_refined` logs the share trained on y_r."""
     dataset: str | None = None
     """Restart from a saved stage-1/2 dataset (parquet file or folder) instead of sampling."""
     refine_max_new_tokens: int | None = Field(None, ge=1)
