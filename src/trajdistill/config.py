@@ -148,6 +148,12 @@ class CheckpointSpec(Section):
     keep_last: int = Field(2, ge=1)
 
 
+class LoggingSpec(Section):
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    """Trackers next to `metrics.jsonl`: TensorBoard event files (`RUN/tensorboard/`) and/or
+    Weights & Biases (offline mode unless WANDB_MODE says otherwise)."""
+
+
 class TracesSpec(Section):
     """`trajdistill traces generate`: how the teacher that writes the traces is prompted."""
 
@@ -187,6 +193,7 @@ class RunConfig(Section):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     traces: TracesSpec = Field(default_factory=TracesSpec)
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
     _options: Any = PrivateAttr(default=None)
 
     @property

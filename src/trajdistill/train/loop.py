@@ -93,7 +93,7 @@ def zero_loss(model) -> torch.Tensor:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, method, ctx, train_items: list, accelerator=None,
-                 evaluate=None, log_console=True):
+                 evaluate=None, log_console=True, on_metrics=None):
         """`ctx` is the `MethodContext` the trainer built for `method`: the trainer owns its model
         (wrapped here for several processes), sampler and teacher, and the method reads them there."""
         self.cfg, self.run_dir, self.method, self.ctx = cfg, Path(run_dir), method, ctx
@@ -102,6 +102,7 @@ class Trainer:
         self.items = train_items
         self.accelerator = accelerator
         self.evaluate = evaluate  # callable(step) -> summary or None
+        self.on_metrics = on_metrics  # callable(metrics, step) on the main process (trackers)
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
         self.device = next(model.parameters()).device
@@ -208,6 +209,8 @@ class Trainer:
                 metrics = self.train_step(step)
                 if self.rank == 0:
                     append_jsonl(self.metrics_path, metrics)
+                    if self.on_metrics:
+                        self.on_metrics(metrics, step + 1)
                 history.append(metrics)
                 shown = (("loss", "loss"),) + self.method.progress_metrics
                 bar.update(task, advance=1, info=" ".join(f"{label} {metrics[key]:.4f}" for label, key in shown

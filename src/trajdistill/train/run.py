@@ -13,7 +13,7 @@ from rich.console import Console
 from trajdistill import UserError
 from trajdistill.config import RunConfig
 from trajdistill.data import load_problems, split_problems
-from trajdistill.eval.runner import evaluate, summary_markdown
+from trajdistill.eval.runner import evaluate, metric_columns, summary_markdown
 from trajdistill.files import atomic_write_json, atomic_write_text
 from trajdistill.methods.base import MethodContext
 from trajdistill.models import load_model, load_tokenizer, resolve_device
@@ -24,6 +24,7 @@ from trajdistill.teacher import AdapterOffTeacher, FrozenCopyTeacher, SeparateTe
 from trajdistill.train import preflight
 from trajdistill.train.checkpoint import export_model
 from trajdistill.train.loop import Trainer
+from trajdistill.train.tracking import Trackers
 from trajdistill.verify import Verifiers
 
 console = Console(stderr=True)
@@ -138,23 +139,30 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
     is_main = ctx.rank == 0
     eval_dir = run_dir / "eval"
 
-    def evaluate_at(label: str) -> dict | None:
+    trackers = Trackers(cfg.logging.report_to, run_dir, cfg.tree(), run_dir.name) if is_main else None
+
+    def evaluate_at(label: str, step: int) -> dict | None:
         if not is_main or not problems.eval:
             return None
         ctx.sampler.sync(ctx.model)
-        return evaluate(ctx.sampler, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verifier,
-                        out_dir=eval_dir, label=label)
+        summary = evaluate(ctx.sampler, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verifier,
+                           out_dir=eval_dir, label=label)
+        trackers.log({f"eval/{col}": summary[col]["mean"] for col in metric_columns(summary)}, step)
+        return summary
 
     summaries: dict = {}
     if cfg.eval.before and not (resume and (eval_dir / "before.json").exists()):
-        summaries["before"] = evaluate_at("before")
+        summaries["before"] = evaluate_at("before", 0)
     trainer = Trainer(cfg, run_dir, method, ctx, items, accelerator=accelerator,
-                      evaluate=lambda step: evaluate_at(f"step-{step}"))
+                      evaluate=lambda step: evaluate_at(f"step-{step}", step),
+                      on_metrics=trackers.log if trackers else None)
     trainer.run(resume=resume, stop_after=stop_after)
     if stop_after is not None and stop_after < trainer.total_steps:
+        if trackers:
+            trackers.close()
         return summaries
     if cfg.eval.after:
-        summaries["after"] = evaluate_at("after")
+        summaries["after"] = evaluate_at("after", trainer.total_steps)
     if is_main:
         model = accelerator.unwrap_model(ctx.model) if accelerator else ctx.model
         export_model(model, ctx.tokenizer, run_dir / "final")
@@ -166,6 +174,7 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
             atomic_write_text(run_dir / "eval" / "before_after.md", table)
             console.print(f"\n[bold]{cfg.method}[/] on {cfg.data.train} ({len(problems.eval)} held-out problems), "
                           f"{elapsed / 60:.1f} min\n{table}")
+        trackers.close()
     if accelerator:
         accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()  # exiting with live gloo threads aborts
