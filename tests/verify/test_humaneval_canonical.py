@@ -1,0 +1,39 @@
+"""HumanEval's own canonical solutions pass the sandboxed judge, answered as a chat model would."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from trajdistill.data import load_problems
+from trajdistill.verify.code import CodeVerifier
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
+]
+
+
+def _chat_answer(program: str) -> str:
+    return f"Here is the completed function.\n\n```python\n{program}```\n\nIt passes the examples."
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return load_problems("builtin:humaneval")
+
+
+def test_every_canonical_solution_passes(humaneval):
+    verdicts = CodeVerifier().check_many(humaneval, [_chat_answer(p.reference) for p in humaneval])
+    failures = {p.id: (v.status, v.detail) for p, v in zip(humaneval, verdicts) if not v.passed}
+    assert len(humaneval) == 164 and failures == {}
+
+
+def test_wrong_solutions_fail(humaneval):
+    first = humaneval[0]  # has_close_elements: any two numbers closer than the threshold?
+    wrong = [_chat_answer(first.reference.replace("< threshold", "> threshold")),
+             _chat_answer(f"def {first.tests.entry_point}(numbers, threshold):\n    return False\n"),
+             "I would loop over all pairs and compare their distance."]
+    verdicts = CodeVerifier().check_many([first] * 3, wrong)
+    assert [v.status for v in verdicts] == ["failed", "failed", "no_answer"]
