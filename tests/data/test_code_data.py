@@ -68,6 +68,13 @@ def test_humaneval_reads_gzipped_files(tmp_path):
     assert problem.id == "HumanEval/0" and problem.tests.entry_point == "total"
 
 
+def test_humaneval_prelude_keeps_the_stubs_helpers_but_not_the_function_to_write(tmp_path):
+    record = {**HUMANEVAL, "prompt": "import math\n\n\ndef helper(x):\n    return x + 1\n\n\n"
+                                     "def total(xs):\n    \"\"\"Sum.\"\"\"\n"}
+    problem, = load_humaneval(write_jsonl(tmp_path / "he.jsonl", [record]))
+    assert problem.tests.prelude == "import math\n\ndef helper(x):\n    return x + 1"
+
+
 def test_builtin_humaneval_comes_from_the_data_wheel():
     problems = load_problems("builtin:humaneval")
     assert len(problems) == 164 and len({p.id for p in problems}) == 164

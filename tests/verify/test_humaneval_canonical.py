@@ -30,6 +30,17 @@ def test_every_canonical_solution_passes(humaneval):
     assert len(humaneval) == 164 and failures == {}
 
 
+def test_answers_without_the_stubs_helpers_pass_too(humaneval):
+    """A chat answer often repeats only the function asked for; the stub's imports and helpers
+    (`poly` for `find_zero`, `encode_cyclic` for `decode_cyclic`) come from the prelude."""
+    picked = [p for p in humaneval if p.id in ("HumanEval/32", "HumanEval/38", "HumanEval/10")]
+    entry_only = []
+    for p in picked:
+        start = p.reference.index(f"def {p.tests.entry_point}(")
+        entry_only.append(_chat_answer(p.reference[start:]))
+    assert [v.status for v in CodeVerifier().check_many(picked, entry_only)] == ["passed"] * 3
+
+
 def test_wrong_solutions_fail(humaneval):
     first = humaneval[0]  # has_close_elements: any two numbers closer than the threshold?
     wrong = [_chat_answer(first.reference.replace("< threshold", "> threshold")),
