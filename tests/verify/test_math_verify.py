@@ -31,6 +31,14 @@ def verifier():
     ("our answer is $\\boxed 9$.", "9"),                                        # brace-less box (MATH)
     ("Put it in \\boxed{}. The result is \\boxed{5}", "5"),
     ("I will write \\boxed{12} and then \\boxed{}", "12"),                      # empty box ignored
+    ("The answer is 3, so \\boxed{4}\n#### 5", "4"),                            # a box beats the phrases
+])
+@pytest.mark.parametrize("grading", ["strict", "lenient"])
+def test_extract_answer_takes_the_last_box_in_both_modes(response, expected, grading):
+    assert extract_answer(response, grading) == expected
+
+
+@pytest.mark.parametrize("response, expected", [
     ("The answer is 17.", "17"),
     ("The final answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),
     ("Final answer: 2.5 meters", "2.5 meters"),
@@ -39,13 +47,23 @@ def verifier():
     ("Total: 1,000 dollars", "1000"),
     ("It drops to -12", "-12"),
 ])
-def test_extract_answer_finds_the_final_answer(response, expected):
-    assert extract_answer(response) == expected
+def test_lenient_extraction_falls_back_to_phrases_and_numbers(response, expected):
+    assert extract_answer(response, "lenient") == expected
+    assert extract_answer(response, "strict") is None  # the papers grade the box only
 
 
 @pytest.mark.parametrize("response", ["", "   \n", "I do not know.", "\\boxed{12", "no digits here\n\nnone"])
-def test_extract_answer_is_none_without_an_answer(response):
-    assert extract_answer(response) is None
+@pytest.mark.parametrize("grading", ["strict", "lenient"])
+def test_extract_answer_is_none_without_an_answer(response, grading):
+    assert extract_answer(response, grading) is None
+
+
+def test_strict_is_the_default_and_unknown_modes_are_refused():
+    assert extract_answer("The answer is 17.") is None
+    with pytest.raises(ValueError, match="grading"):
+        extract_answer("\\boxed{1}", "loose")
+    with pytest.raises(ValueError, match="grading"):
+        MathVerifier(grading="loose")
 
 
 def test_unbalanced_box_is_not_taken_as_an_answer():
@@ -71,12 +89,19 @@ def test_unbalanced_box_is_not_taken_as_an_answer():
     ("\\boxed{[1, 2)}", "[1,2)"),                       # intervals
     ("\\boxed{11.50}", "11.5"),
     ("\\boxed{10.0}", "10"),
-    ("The answer is $\\frac{3}{4}$.", "0.75"),          # fallback extraction, then LaTeX
-    ("so we get\n#### 72", "72"),
     ("\\boxed{x = 3}", "3"),
 ])
 def test_equivalent_answers_pass(response, gold):
     assert verify_math(response, gold)
+
+
+@pytest.mark.parametrize("response, gold", [
+    ("The answer is $\\frac{3}{4}$.", "0.75"),          # fallback extraction, then LaTeX
+    ("so we get\n#### 72", "72"),
+])
+def test_unboxed_answers_pass_only_when_lenient(response, gold):
+    assert verify_math(response, gold, grading="lenient")
+    assert not verify_math(response, gold)
 
 
 @pytest.mark.parametrize("response, gold", [
@@ -106,6 +131,26 @@ def test_verdict_statuses(verifier):
     assert (wrong.passed, wrong.status) == (False, "failed") and "16" in wrong.detail
     none = verifier.check(_problem("18"), "I am not sure.")
     assert (none.passed, none.status) == (False, "no_answer")
+
+
+@pytest.mark.parametrize("response, strict, lenient", [
+    ("9 times 2 is 18.", "no_answer", "passed"),                    # no box
+    ("9 times 2 is 16.", "no_answer", "failed"),
+    ("So \\boxed{18}.", "passed", "passed"),                         # one box
+    ("\\boxed{16}, no wait: \\boxed{18}", "passed", "passed"),        # several: the last counts
+    ("\\boxed{18}, no wait: \\boxed{16}", "failed", "failed"),
+    ("The answer is 18, or \\boxed{16}", "failed", "failed"),        # a box beats the phrase
+])
+def test_strict_and_lenient_verdicts(response, strict, lenient):
+    assert MathVerifier().grading == "strict"
+    for grading, status in (("strict", strict), ("lenient", lenient)):
+        verdict = MathVerifier(grading=grading).check(_problem("18"), response)
+        assert (verdict.status, verdict.passed) == (status, status == "passed"), grading
+
+
+def test_auto_verifier_passes_grading_to_the_math_verifier():
+    assert not AutoVerifier().check(_problem("18"), "It is 18.").passed
+    assert AutoVerifier(grading="lenient").check(_problem("18"), "It is 18.").passed
 
 
 def test_missing_gold_answer_is_a_user_error(verifier):

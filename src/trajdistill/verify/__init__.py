@@ -12,9 +12,13 @@ class Verifier(Protocol):
 
 
 class AutoVerifier:
-    """Dispatch on `problem.kind`; each verifier is built on first use."""
+    """Dispatch on `problem.kind`; each verifier is built on first use.
 
-    def __init__(self) -> None:
+    `grading` ("strict" | "lenient") is passed to the math verifier (`MathVerifier`).
+    """
+
+    def __init__(self, grading: str = "strict") -> None:
+        self.grading = grading
         self._by_kind: dict[str, Verifier] = {}
 
     def _get(self, kind: str) -> Verifier:
@@ -22,7 +26,7 @@ class AutoVerifier:
             if kind == "math":
                 from trajdistill.verify.math import MathVerifier
 
-                self._by_kind[kind] = MathVerifier()
+                self._by_kind[kind] = MathVerifier(grading=self.grading)
             elif kind == "code":
                 from trajdistill.verify.code import CodeVerifier
 

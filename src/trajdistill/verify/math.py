@@ -1,12 +1,15 @@
 """Math answers: extract the final answer from a response, compare it to the gold with math-verify.
 
-Extraction order (`extract_answer`), first hit wins:
-  1. the last non-empty `\\boxed{...}` / `\\fbox{...}` (balanced braces; `\\boxed 5` also counts);
-  2. the last "the answer is X" / "final answer: X";
-  3. the last "#### X" (GSM8K style);
-  4. the last number in the last non-empty line.
-Text from a final `\\boxed{` that never closes (a response cut at max_new_tokens) is ignored by the
-fallbacks, so half an answer is not graded.
+Two grading modes (`extract_answer(..., grading=)`, `MathVerifier(grading=)`):
+
+* `strict` (the default, as in the TRD and REDI papers): the answer is the last non-empty
+  `\\boxed{...}` / `\\fbox{...}` (balanced braces; `\\boxed 5` also counts). No box, no answer.
+* `lenient`: the same box first; failing that, first hit wins among
+  1. the last "the answer is X" / "final answer: X";
+  2. the last "#### X" (GSM8K style);
+  3. the last number in the last non-empty line.
+  Text from a final `\\boxed{` that never closes (a response cut at max_new_tokens) is ignored
+  by these fallbacks, so half an answer is not graded.
 
 Comparison (`verify_math`, `MathVerifier`) uses math-verify's `parse` and `verify` with their
 signal-based timeouts disabled: `signal.alarm` only works on the main thread, and a sampler or a
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import threading
 from decimal import Decimal, InvalidOperation
+from typing import Literal
 
 from trajdistill import UserError
 from trajdistill.records import Problem, Verdict
@@ -33,6 +37,9 @@ from trajdistill.records import Problem, Verdict
 DEFAULT_TIMEOUT = 5.0  # seconds per comparison; sympy simplification of adversarial input can hang
 _STARTUP_TIMEOUT = 120.0  # seconds for the worker to import sympy and math-verify
 _CACHE_SIZE = 50_000
+
+Grading = Literal["strict", "lenient"]
+GRADINGS: tuple[str, ...] = ("strict", "lenient")
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -109,13 +116,21 @@ def _before_open_box(text: str) -> str:
     return text
 
 
-def extract_answer(response: str) -> str | None:
-    """The final answer in `response` (see the module docstring for the order), or None."""
+def _check_grading(grading: str) -> None:
+    if grading not in GRADINGS:
+        raise ValueError(f"grading must be one of {GRADINGS}, got {grading!r}")
+
+
+def extract_answer(response: str, grading: Grading = "strict") -> str | None:
+    """The final answer in `response` under `grading` (see the module docstring), or None."""
+    _check_grading(grading)
     if not response or not response.strip():
         return None
     boxes = [b.strip() for b in boxed_contents(response) if b.strip()]
     if boxes:
         return boxes[-1]
+    if grading == "strict":
+        return None
     response = _before_open_box(response)
     for pattern in (_ANSWER_IS_RE, _HASHES_RE):
         answer = _after_phrase(response, pattern)
@@ -239,12 +254,16 @@ def _serve() -> None:
 class MathVerifier:
     """Verifier for `kind == "math"` problems: extracted answer vs `problem.answer`.
 
+    `grading` picks the extraction rules (module docstring): "strict" grades only the last
+    `\\boxed{}`, "lenient" falls back to answer phrases and the last number.
     Thread-safe: calls share one worker process under a lock. `timeout` (seconds) bounds each
     comparison; `timeout=None` runs math-verify in-process without a limit (debugging only).
     """
 
-    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT, grading: Grading = "strict") -> None:
+        _check_grading(grading)
         self.timeout = timeout
+        self.grading = grading
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], bool] = {}
@@ -278,9 +297,10 @@ class MathVerifier:
     def check(self, problem: Problem, response: str) -> Verdict:
         if problem.answer is None or not str(problem.answer).strip():
             raise UserError(f"problem {problem.id}: no gold answer to verify a math response against")
-        answer = extract_answer(response)
+        answer = extract_answer(response, self.grading)
         if answer is None:
-            return Verdict(False, "no_answer", "no \\boxed{} or final answer found")
+            found = "\\boxed{}" if self.grading == "strict" else "\\boxed{} or final answer"
+            return Verdict(False, "no_answer", f"no {found} found ({self.grading} grading)")
         result = self.compare(str(problem.answer), answer)
         if result is None:
             return Verdict(False, "timeout", f"comparison exceeded {self.timeout}s: {answer[:80]!r}")
@@ -306,13 +326,13 @@ _default: MathVerifier | None = None
 _default_lock = threading.Lock()
 
 
-def verify_math(response: str, gold: str) -> bool:
+def verify_math(response: str, gold: str, grading: Grading = "strict") -> bool:
     """Does the final answer of `response` match `gold`? No answer or a timeout count as wrong."""
     global _default
+    answer = extract_answer(response, grading)
     with _default_lock:
         if _default is None:
             _default = MathVerifier()
-    answer = extract_answer(response)
     return answer is not None and bool(_default.compare(gold, answer))
 
 
