@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import sys
 import threading
 import time
 
@@ -10,6 +13,7 @@ import pytest
 from trajdistill import UserError
 from trajdistill.records import Problem
 from trajdistill.verify import AutoVerifier
+from trajdistill.verify import math as math_module
 from trajdistill.verify.math import MathVerifier, boxed_contents, extract_answer, verify_math
 
 
@@ -168,11 +172,85 @@ def test_slow_comparison_times_out_and_the_worker_recovers():
     try:
         start = time.monotonic()
         verdict = slow.check(_problem("1"), "\\boxed{\\sum_{k=1}^{10^{6}} k^{k}}")
-        assert verdict.status == "timeout" and not verdict.passed
+        assert (verdict.status, verdict.passed, verdict.errored) == ("verifier_timeout", False, True)
         assert time.monotonic() - start < 5
         assert slow.check(_problem("\\frac{1}{2}"), "\\boxed{0.5}").passed  # a fresh worker answers
     finally:
         slow.close()
+
+
+# --- verifier failures are not wrong answers ---------------------------------------------------
+
+def _raise_on(pred_to_fail):
+    real = math_module.math_verify_compare
+
+    def compare(gold, pred):
+        if pred == pred_to_fail:
+            raise TypeError("sympy could not\nhandle it")
+        return real(gold, pred)
+
+    return compare
+
+
+def test_a_math_verify_exception_is_a_verifier_error(monkeypatch):
+    monkeypatch.setattr(math_module, "math_verify_compare", _raise_on("\\sqrt{4}"))
+    inproc = MathVerifier(timeout=None)  # math-verify runs in this process, where the patch is
+    verdict = inproc.check(_problem("2"), "\\boxed{\\sqrt{4}}")
+    assert (verdict.passed, verdict.status, verdict.errored) == (False, "verifier_error", True)
+    assert "TypeError: sympy could not" in verdict.detail and "\n" not in verdict.detail
+    wrong = inproc.check(_problem("2"), "\\boxed{\\sqrt{5}}")
+    assert (wrong.status, wrong.errored) == ("failed", False)
+    monkeypatch.setattr(math_module, "_default", inproc)
+    assert not verify_math("\\boxed{\\sqrt{4}}", "2")  # the yes/no helper reads it as "no"
+    assert verify_math("\\boxed{\\sqrt{9}}", "3")
+
+
+def test_the_worker_reports_an_exception_instead_of_a_verdict(monkeypatch):
+    monkeypatch.setattr(math_module, "math_verify_compare", _raise_on("boom"))
+    replies = io.StringIO()
+    requests = [{"gold": "1", "pred": "boom"}, {"gold": "\\frac{1}{2}", "pred": "0.5"}]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(json.dumps(r) + "\n" for r in requests)))
+    monkeypatch.setattr(sys, "stdout", replies)
+    math_module._serve()
+    lines = replies.getvalue().splitlines()
+    assert lines[0] == "ready"
+    assert json.loads(lines[1]) == {"error": "math-verify failed: TypeError: sympy could not"}
+    assert json.loads(lines[2]) == {"ok": True}
+
+
+@pytest.mark.parametrize("reply, detail", [
+    ('{"error": "math-verify failed: TypeError: x"}\n', "math-verify failed: TypeError: x"),
+    ("", "worker exited unexpectedly"),                          # EOF: the worker died
+])
+def test_worker_failures_are_verifier_errors_and_the_worker_recovers(monkeypatch, reply, detail):
+    verifier = MathVerifier()
+    try:
+        assert verifier.check(_problem("\\frac{1}{3}"), "\\boxed{2/6}").passed  # starts the worker
+        real_read = math_module._Worker._read_line
+        monkeypatch.setattr(math_module._Worker, "_read_line", lambda self, timeout: reply)
+        verdict = verifier.check(_problem("\\frac{1}{2}"), "\\boxed{0.5}")
+        assert (verdict.passed, verdict.status, verdict.errored) == (False, "verifier_error", True)
+        assert detail in verdict.detail
+        monkeypatch.setattr(math_module._Worker, "_read_line", real_read)
+        again = verifier.check(_problem("\\frac{1}{2}"), "\\boxed{0.5}")  # not cached as wrong
+        assert (again.passed, again.status) == (True, "passed")
+    finally:
+        verifier.close()
+
+
+def test_a_worker_that_cannot_start_is_a_verifier_error(monkeypatch):
+    def no_fork(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(math_module.subprocess, "Popen", no_fork)
+    verdict = MathVerifier().check(_problem("\\frac{1}{2}"), "\\boxed{0.5}")
+    assert (verdict.status, verdict.errored) == ("verifier_error", True)
+    assert "cannot start" in verdict.detail
+
+
+def test_ordinary_verdicts_are_not_errors(verifier):
+    for response in ("\\boxed{18}", "\\boxed{16}", "no box"):
+        assert not verifier.check(_problem("18"), response).errored
 
 
 def test_works_from_worker_threads(verifier):
