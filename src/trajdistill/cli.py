@@ -47,7 +47,11 @@ def eval_cmd(
     split: str = typer.Option("held-out", help="held-out | train | all (split by stable id hash)."),
     limit: Optional[int] = typer.Option(64, help="At most this many problems (0: all)."),
     k: list[int] = typer.Option([1, 4], "--k", help="Pass@k values (n = max k samples per problem)."),
-    temperature: float = typer.Option(0.7, help="Sampling temperature for the k samples."),
+    temperature: float = typer.Option(0.6, help="Sampling temperature for the k samples (seeds 003/004: 0.6)."),
+    top_p: float = typer.Option(0.95, help="Top-p of the k samples (seeds 003/004: 0.95)."),
+    top_k: int = typer.Option(20, help="Top-k of the k samples, 0 for none (seeds 003/004: 20)."),
+    grading: Optional[str] = typer.Option(None, help="Math grading: strict (last \\boxed{} only, the papers') "
+                                          "or lenient; default: the config's eval.grading (strict)."),
     greedy: bool = typer.Option(True, help="Also report greedy accuracy."),
     max_new_tokens: int = typer.Option(256),
     batch_size: int = typer.Option(32),
@@ -56,7 +60,9 @@ def eval_cmd(
     label: Optional[str] = typer.Option(None, help="Name of this evaluation in tables (default: the model)."),
 ):
     """Sample k answers per problem, verify them, report Avg@k and Pass@k with standard errors."""
-    from trajdistill.config import EvalSpec, load_config
+    from pydantic import ValidationError
+
+    from trajdistill.config import EvalSpec, format_validation_error, load_config
     from trajdistill.data import load_problems, split_problems
 
     if split not in ("held-out", "train", "all"):
@@ -74,7 +80,13 @@ def eval_cmd(
     problems = problems[:limit] if limit else problems
     if not problems:
         raise UserError(f"{data}: no problems in the {split} split")
-    spec = EvalSpec(k=k, temperature=temperature, greedy=greedy, max_new_tokens=max_new_tokens)
+    if grading not in (None, "strict", "lenient"):
+        raise UserError(f"--grading must be strict or lenient, got '{grading}'")
+    try:
+        spec = EvalSpec(k=k, temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
+                        max_new_tokens=max_new_tokens)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, "eval options")) from None
 
     quiet_libraries()
     from trajdistill.eval.runner import evaluate, summary_markdown
@@ -85,7 +97,8 @@ def eval_cmd(
     tok = load_tokenizer(model)
     lm = load_model(model)
     sampler = make_sampler(cfg.sampling.backend, lm, tok, batch_size=batch_size)
-    summary = evaluate(sampler, tok, problems, spec, cfg.prompt, Verifiers(), out_dir=out,
+    verifiers = Verifiers({"math": {"grading": grading or cfg.eval.grading}})
+    summary = evaluate(sampler, tok, problems, spec, cfg.prompt, verifiers, out_dir=out,
                        label=label or Path(model).name)
     typer.echo(summary_markdown([summary]))
 

@@ -240,13 +240,13 @@ def config_from_tree(tree: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         cfg = RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise UserError(_format_error(err, source)) from None
+        raise UserError(format_validation_error(err, source)) from None
     if section is not None and not isinstance(section, dict):
         raise UserError(f"{source}: field '{method}': the method's section must be a mapping")
     try:
         cfg._options = cls.Options.model_validate(section or {})
     except ValidationError as err:
-        raise UserError(_format_error(err, source, prefix=method)) from None
+        raise UserError(format_validation_error(err, source, prefix=method)) from None
     try:
         _check_method_fields(cfg, cls, tree)
         cls.check_config(cfg)
@@ -270,7 +270,7 @@ def _check_method_fields(cfg: RunConfig, cls, tree: dict[str, Any]) -> None:
                              "(only loss.chunk_size applies to sequence objectives)")
 
 
-def _format_error(err: ValidationError, source: str, prefix: str | None = None) -> str:
+def format_validation_error(err: ValidationError, source: str, prefix: str | None = None) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(first["loc"])) or "(top level)"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""

@@ -15,6 +15,7 @@ line. Two policies apply to every JSONL file trajdistill reads:
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import numbers
@@ -140,7 +141,7 @@ def iter_jsonl_numbered(path: str | Path, *, torn_tail: TornTail = "warn") -> It
     path = Path(path)
     limit = max_record_bytes()
     try:
-        handle = open(path, "rb")
+        handle = gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     with handle:

@@ -61,7 +61,7 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
                              instruction=p.instruction, system=p.system, privileged=p.privileged, seed=cfg.seed)
     sampler = make_sampler(s.backend, model, tokenizer, batch_size=s.batch_size, progress=False)
     console.print(f"traces: {len(problems)} problems x {s.n} from {name} ({settings.context} context) -> {out}")
-    rows = generate_traces(problems, sampler, tokenizer, verify or Verifiers(), out, settings,
+    rows = generate_traces(problems, sampler, tokenizer, verify or Verifiers({"math": {"grading": cfg.eval.grading}}), out, settings,
                            problems_per_chunk=problems_per_chunk,
                            progress=lambda done, total: console.print(f"  {done}/{total} problems"))
     summary = trace_summary(rows)

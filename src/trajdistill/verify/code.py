@@ -12,7 +12,9 @@ Two test styles:
 `check_program` returns a `CodeVerdict` whose status is one of STATUSES; `check_programs` runs
 many through a bounded thread pool (each thread waits on sandboxed subprocesses);
 `CodeVerifier` plugs the same into the `Verifier` slot. `passed` means every test was observed
-to pass; every other status is a failure.
+to pass; every other status is a failure. `sandbox_error` is the judging machinery's failure,
+not the program's: `CodeVerifier` reports it (and any exception while judging) as a
+`verifier_error` verdict.
 """
 
 from __future__ import annotations
@@ -165,6 +167,11 @@ def _io_case_verdict(res: JobResult, i: int, n: int, stdin: str, expected: str,
     return None
 
 
+def _one_line(exc: BaseException) -> str:
+    lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 def _last_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[-1][:500] if lines else ""
@@ -254,7 +261,11 @@ def extract_code(response: str) -> str | None:
 
 
 class CodeVerifier:
-    """`Verifier` for `Problem(kind="code")`: extract the code, run `problem.tests`, judge."""
+    """`Verifier` for `Problem(kind="code")`: extract the code, run `problem.tests`, judge.
+
+    Statuses: those of `check_program` (STATUSES), except that `sandbox_error` becomes
+    `verifier_error`; `no_answer` when the response holds no code.
+    """
 
     def __init__(self, limits: Limits | None = None, workers: int | None = None) -> None:
         self.limits = limits or Limits()
@@ -265,8 +276,13 @@ class CodeVerifier:
         if code is None:
             return Verdict(passed=False, status="no_answer", detail="no code found in the response")
         if not isinstance(problem.tests, (FunctionTests, IOTests)):
-            return Verdict(False, "sandbox_error", f"problem {problem.id} has no code tests")
-        verdict = check_program(code, problem.tests, self.limits)
+            return Verdict(False, "verifier_error", f"problem {problem.id} has no code tests")
+        try:
+            verdict = check_program(code, problem.tests, self.limits)
+        except Exception as exc:  # the sandbox could not run at all: not the program's doing
+            return Verdict(False, "verifier_error", f"sandbox: {_one_line(exc)}")
+        if verdict.status == "sandbox_error":
+            return Verdict(False, "verifier_error", f"sandbox: {verdict.detail}")
         return Verdict(passed=verdict.passed, status=verdict.status, detail=verdict.detail)
 
     def check_many(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[Verdict]:

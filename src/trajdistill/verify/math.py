@@ -1,12 +1,15 @@
 """Math answers: extract the final answer from a response, compare it to the gold with math-verify.
 
-Extraction order (`extract_answer`), first hit wins:
-  1. the last non-empty `\\boxed{...}` / `\\fbox{...}` (balanced braces; `\\boxed 5` also counts);
-  2. the last "the answer is X" / "final answer: X";
-  3. the last "#### X" (GSM8K style);
-  4. the last number in the last non-empty line.
-Text from a final `\\boxed{` that never closes (a response cut at max_new_tokens) is ignored by the
-fallbacks, so half an answer is not graded.
+Two grading modes (`extract_answer(..., grading=)`, `MathVerifier(grading=)`):
+
+* `strict` (the default, as in the TRD and REDI papers): the answer is the last non-empty
+  `\\boxed{...}` / `\\fbox{...}` (balanced braces; `\\boxed 5` also counts). No box, no answer.
+* `lenient`: the same box first; failing that, first hit wins among
+  1. the last "the answer is X" / "final answer: X";
+  2. the last "#### X" (GSM8K style);
+  3. the last number in the last non-empty line.
+  Text from a final `\\boxed{` that never closes (a response cut at max_new_tokens) is ignored
+  by these fallbacks, so half an answer is not graded.
 
 Comparison (`verify_math`, `MathVerifier`) uses math-verify's `parse` and `verify` with their
 signal-based timeouts disabled: `signal.alarm` only works on the main thread, and a sampler or a
@@ -14,6 +17,9 @@ trainer may call the verifier from anywhere. The time limit is enforced instead 
 math-verify in a long-lived worker process (`python -m trajdistill.verify.math`), spoken to over
 a pipe; a call that overruns gets the worker killed and a fresh one started on the next call.
 Plain integers are compared in-process without the round trip.
+
+A comparison that overruns, or that math-verify (or the worker) fails on, is not a wrong answer:
+`MathVerifier.check` reports it as `verifier_timeout` / `verifier_error`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import threading
 from decimal import Decimal, InvalidOperation
+from typing import Literal
 
 from trajdistill import UserError
 from trajdistill.records import Problem, Verdict
@@ -33,6 +40,9 @@ from trajdistill.records import Problem, Verdict
 DEFAULT_TIMEOUT = 5.0  # seconds per comparison; sympy simplification of adversarial input can hang
 _STARTUP_TIMEOUT = 120.0  # seconds for the worker to import sympy and math-verify
 _CACHE_SIZE = 50_000
+
+Grading = Literal["strict", "lenient"]
+GRADINGS: tuple[str, ...] = ("strict", "lenient")
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -109,13 +119,30 @@ def _before_open_box(text: str) -> str:
     return text
 
 
-def extract_answer(response: str) -> str | None:
-    """The final answer in `response` (see the module docstring for the order), or None."""
+class VerifierFailure(Exception):
+    """math-verify or its worker failed on one comparison; the message is one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _check_grading(grading: str) -> None:
+    if grading not in GRADINGS:
+        raise ValueError(f"grading must be one of {GRADINGS}, got {grading!r}")
+
+
+def extract_answer(response: str, grading: Grading = "strict") -> str | None:
+    """The final answer in `response` under `grading` (see the module docstring), or None."""
+    _check_grading(grading)
     if not response or not response.strip():
         return None
     boxes = [b.strip() for b in boxed_contents(response) if b.strip()]
     if boxes:
         return boxes[-1]
+    if grading == "strict":
+        return None
     response = _before_open_box(response)
     for pattern in (_ANSWER_IS_RE, _HASHES_RE):
         answer = _after_phrase(response, pattern)
@@ -183,7 +210,7 @@ class _Worker:
         # comparison is not charged for it.
         if self._read_line(_STARTUP_TIMEOUT) != "ready\n":
             self.close()
-            raise RuntimeError("math verification worker failed to start")
+            raise VerifierFailure("math verification worker failed to start")
 
     def _read_line(self, timeout: float) -> str | None:
         """The worker's next line ("" at EOF), or None if none arrives within `timeout`."""
@@ -191,16 +218,27 @@ class _Worker:
         return self.proc.stdout.readline() if ready else None
 
     def compare(self, gold: str, pred: str, timeout: float) -> bool | None:
-        """True/False, or None when the worker overran `timeout` seconds (it is then killed)."""
-        self.proc.stdin.write(json.dumps({"gold": gold, "pred": pred}) + "\n")
-        self.proc.stdin.flush()
+        """True/False, or None when the worker overran `timeout` seconds (it is then killed).
+
+        Raises `VerifierFailure` when math-verify raised or the worker died.
+        """
+        try:
+            self.proc.stdin.write(json.dumps({"gold": gold, "pred": pred}) + "\n")
+            self.proc.stdin.flush()
+        except OSError as exc:
+            self.close()
+            raise VerifierFailure(f"math verification worker is gone ({_one_line(exc)})") from None
         line = self._read_line(timeout)
         if line is None:
             self.close()
             return None
         if not line:
-            raise RuntimeError("math verification worker exited unexpectedly")
-        return bool(json.loads(line)["ok"])
+            self.close()
+            raise VerifierFailure("math verification worker exited unexpectedly")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise VerifierFailure(str(reply["error"]))
+        return bool(reply["ok"])
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -229,28 +267,35 @@ def _serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            ok = math_verify_compare(request["gold"], request["pred"])
-        except Exception:  # math-verify raises on exotic input; that answer is simply not verified
-            ok = False
-        replies.write(json.dumps({"ok": ok}) + "\n")
+            reply = {"ok": math_verify_compare(request["gold"], request["pred"])}
+        except Exception as exc:  # math-verify raises on exotic input: the caller decides
+            reply = {"error": f"math-verify failed: {_one_line(exc)}"}
+        replies.write(json.dumps(reply) + "\n")
         replies.flush()
 
 
 class MathVerifier:
     """Verifier for `kind == "math"` problems: extracted answer vs `problem.answer`.
 
+    `grading` picks the extraction rules (module docstring): "strict" grades only the last
+    `\\boxed{}`, "lenient" falls back to answer phrases and the last number.
     Thread-safe: calls share one worker process under a lock. `timeout` (seconds) bounds each
     comparison; `timeout=None` runs math-verify in-process without a limit (debugging only).
     """
 
-    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT, grading: Grading = "strict") -> None:
+        _check_grading(grading)
         self.timeout = timeout
+        self.grading = grading
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], bool] = {}
 
     def compare(self, gold: str, pred: str) -> bool | None:
-        """Is `pred` equivalent to `gold`? None when the comparison timed out."""
+        """Is `pred` equivalent to `gold`? None when the comparison timed out.
+
+        Raises `VerifierFailure` when math-verify or its worker failed.
+        """
         quick = _quick_compare(gold, pred)
         if quick is not None:
             return quick
@@ -266,10 +311,17 @@ class MathVerifier:
 
     def _compare_slow(self, gold: str, pred: str) -> bool | None:
         if self.timeout is None:
-            return math_verify_compare(gold, pred)
+            try:
+                return math_verify_compare(gold, pred)
+            except Exception as exc:
+                raise VerifierFailure(f"math-verify failed: {_one_line(exc)}") from exc
         with self._lock:
             if self._worker is None or not self._worker.alive():
-                self._worker = _Worker()
+                try:
+                    self._worker = _Worker()
+                except OSError as exc:  # cannot fork, out of file descriptors...
+                    raise VerifierFailure(f"cannot start the math verification worker: "
+                                          f"{_one_line(exc)}") from exc
             result = self._worker.compare(gold, pred, self.timeout)
             if result is None:
                 self._worker = None  # killed by compare(); the next call starts a fresh one
@@ -278,12 +330,17 @@ class MathVerifier:
     def check(self, problem: Problem, response: str) -> Verdict:
         if problem.answer is None or not str(problem.answer).strip():
             raise UserError(f"problem {problem.id}: no gold answer to verify a math response against")
-        answer = extract_answer(response)
+        answer = extract_answer(response, self.grading)
         if answer is None:
-            return Verdict(False, "no_answer", "no \\boxed{} or final answer found")
-        result = self.compare(str(problem.answer), answer)
+            found = "\\boxed{}" if self.grading == "strict" else "\\boxed{} or final answer"
+            return Verdict(False, "no_answer", f"no {found} found ({self.grading} grading)")
+        try:
+            result = self.compare(str(problem.answer), answer)
+        except VerifierFailure as exc:
+            return Verdict(False, "verifier_error", f"{exc} (answer {answer[:80]!r})")
         if result is None:
-            return Verdict(False, "timeout", f"comparison exceeded {self.timeout}s: {answer[:80]!r}")
+            return Verdict(False, "verifier_timeout",
+                           f"comparison exceeded {self.timeout}s: {answer[:80]!r}")
         return Verdict(result, "passed" if result else "failed", f"extracted {answer[:80]!r}")
 
     def check_many(self, problems, responses) -> list[Verdict]:
@@ -310,14 +367,23 @@ _default: MathVerifier | None = None
 _default_lock = threading.Lock()
 
 
-def verify_math(response: str, gold: str) -> bool:
-    """Does the final answer of `response` match `gold`? No answer or a timeout count as wrong."""
+def verify_math(response: str, gold: str, grading: Grading = "strict") -> bool:
+    """Does the final answer of `response` match `gold`?
+
+    A yes/no helper: no answer, a timeout or a verifier failure all read as no. Use
+    `MathVerifier.check` to tell them apart.
+    """
     global _default
+    answer = extract_answer(response, grading)
     with _default_lock:
         if _default is None:
             _default = MathVerifier()
-    answer = extract_answer(response)
-    return answer is not None and bool(_default.compare(gold, answer))
+    if answer is None:
+        return False
+    try:
+        return bool(_default.compare(gold, answer))
+    except VerifierFailure:
+        return False
 
 
 if __name__ == "__main__":  # the worker process
