@@ -32,13 +32,25 @@ class Problem:
             raise ValueError(f"problem {self.id}: prompt must be a non-empty string")
 
 
+ERROR_STATUSES = ("verifier_error", "verifier_timeout")
+
+
 @dataclass
 class Verdict:
-    """The verifier's judgement of one response."""
+    """The verifier's judgement of one response.
+
+    `status` is "passed", "failed", "no_answer", ... (verifier specific), or one of
+    ERROR_STATUSES when the verifier itself failed and the response was not judged at all.
+    """
 
     passed: bool
-    status: str = ""  # "passed", "failed", "no_answer", "timeout", ... (verifier specific)
+    status: str = ""
     detail: str = ""
+
+    @property
+    def errored(self) -> bool:
+        """The verifier failed (crashed or ran out of time): no judgement of the response."""
+        return self.status in ERROR_STATUSES
 
 
 @dataclass
