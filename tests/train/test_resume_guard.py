@@ -44,3 +44,12 @@ def test_an_unreadable_saved_config_is_named(tmp_path):
     (tmp_path / "config.yaml").write_text("optim: [unclosed\n")
     with pytest.raises(UserError, match="config.yaml: cannot read the run's saved config"):
         check_resume(tmp_path, load_config(None, BASE))
+
+
+@pytest.mark.parametrize("method", ["opsd", "sft", "dpo"])
+def test_a_saved_config_reads_back_as_the_same_config(tmp_path, method):
+    sets = [f"method={method}"] + ([f"{method}.dataset=pairs.jsonl"] if method != "opsd" else [])
+    cfg = load_config(None, sets)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").tree() == cfg.tree()
+    check_resume(tmp_path, cfg)
