@@ -163,3 +163,21 @@ def test_the_run_directory_has_its_config_and_log_before_the_model_loads(tmp_pat
     assert str(tmp_path / "no-such-model") in saved
     log = (tmp_path / "run" / "run.log").read_text()
     assert "starting opsd on builtin:arith-mix" in log and f"loading {tmp_path / 'no-such-model'}" in log
+
+
+def test_a_full_disk_anywhere_is_one_line_naming_the_file(capsys):
+    import errno
+
+    import typer
+
+    from trajdistill.cli_support import user_errors
+
+    @user_errors
+    def write():
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/eval/after.json")
+
+    with pytest.raises(typer.Exit) as exit_:
+        write()
+    assert exit_.value.exit_code == 1
+    assert capsys.readouterr().err == ("error: no space left on device writing runs/x/eval/after.json; "
+                                       "free some space and run the command again\n")
