@@ -136,3 +136,12 @@ def test_a_good_step_resets_the_count_of_bad_verifier_steps(tmp_path):
     bad = ["verifier_error"] * 3 + ["passed"]
     t = trainer(tmp_path, steps=6, every=0, statuses=lambda step: ["passed"] * 4 if step in (2, 5) else bad)
     assert len(t.run()) == 6
+
+
+def test_a_signal_in_the_last_step_still_stops_before_the_final_evaluation(tmp_path):
+    t = trainer(tmp_path, steps=3, every=0,
+                on_collect=lambda step: os.kill(os.getpid(), signal.SIGINT) if step == 2 else None)
+    with pytest.raises(RunStopped, match="^interrupted at step 3$"):
+        t.run()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-3"]
+    assert trainer(tmp_path, steps=3, every=0).run(resume=True) == []  # --resume has no step left to train

@@ -300,7 +300,8 @@ class Trainer:
                 started = time.perf_counter()
                 metrics = self.train_step(step)
                 done = step + 1
-                self._write(self.metrics_path, done, lambda: append_jsonl(self.metrics_path, metrics))
+                if self.rank == 0:
+                    self._write(self.metrics_path, done, lambda: append_jsonl(self.metrics_path, metrics))
                 history.append(metrics)
                 self.log.progress(step_line(metrics, self.total_steps, self.method.progress_metrics,
                                             time.perf_counter() - started))
@@ -312,9 +313,9 @@ class Trainer:
                 if self.evaluate and every and done % every == 0 and done < self.total_steps and not stop:
                     self.evaluate(done)
                 ck = self.cfg.checkpoint.every
-                if (ck and done % ck == 0) or done == self.total_steps or (stop and done < end):
+                if (ck and done % ck == 0) or done == self.total_steps or (stop and self.saved_step != done):
                     self._checkpoint(done)
-                if stop and done < end:
+                if stop:  # even after the last step: the final evaluation and export are left for --resume
                     message = f"interrupted at step {done}"
                     self.log.note(message)
                     raise RunStopped(message, 128 + (signals.signum or signal.SIGINT))
