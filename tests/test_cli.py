@@ -136,3 +136,48 @@ def test_report_warns_in_one_line_about_a_cut_off_metrics_line(tmp_path):
     assert out.returncode == 0 and "Traceback" not in out.stderr
     warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: {run_dir}/metrics.jsonl:2: skipped a cut-off last line (an interrupted write)"]
+
+
+# --- runs: the resume guard, and a run directory that exists before the model loads
+
+def test_resume_with_a_changed_experiment_is_one_line_naming_the_fields(tmp_path):
+    from trajdistill.config import load_config, save_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("optim: {lr: 0.001}\n")
+    (tmp_path / "run").mkdir()
+    save_config(load_config(cfg, [f"output_dir={tmp_path / 'run'}"]), tmp_path / "run" / "config.yaml")
+    out = run("train", str(cfg), "-o", str(tmp_path / "run"), "--set", "optim.lr=0.002",
+              "--set", "eval.every=3", "--resume")
+    line = one_error_line(out)
+    assert "optim.lr 0.001 -> 0.002" in line and "optim.steps" not in line.split("(only")[0]
+    assert "eval.every" not in line.split("(only")[0]  # an allowed change is not listed
+
+
+def test_the_run_directory_has_its_config_and_log_before_the_model_loads(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {{name: {tmp_path / 'no-such-model'}}}\noutput_dir: {tmp_path / 'run'}\n")
+    out = run("train", str(cfg))
+    assert out.returncode != 0  # the model does not exist ...
+    saved = (tmp_path / "run" / "config.yaml").read_text()  # ... but the run directory was set up first
+    assert str(tmp_path / "no-such-model") in saved
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "starting opsd on builtin:arith-mix" in log and f"loading {tmp_path / 'no-such-model'}" in log
+
+
+def test_a_full_disk_anywhere_is_one_line_naming_the_file(capsys):
+    import errno
+
+    import typer
+
+    from trajdistill.cli_support import user_errors
+
+    @user_errors
+    def write():
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/eval/after.json")
+
+    with pytest.raises(typer.Exit) as exit_:
+        write()
+    assert exit_.value.exit_code == 1
+    assert capsys.readouterr().err == ("error: no space left on device writing runs/x/eval/after.json; "
+                                       "free some space and run the command again\n")

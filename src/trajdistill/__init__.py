@@ -8,3 +8,8 @@ class UserError(Exception):
 
     The CLI prints it as one line and exits non-zero, without a traceback.
     """
+
+
+class RunWarning(UserWarning):
+    """Something the user should know that does not stop the command (a damaged checkpoint
+    skipped, metrics lines lost). The CLI prints it as one `warning:` line."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -9,7 +10,7 @@ from typing import Optional
 import typer
 
 from trajdistill import UserError
-from trajdistill.cli_support import quiet_libraries, user_errors
+from trajdistill.cli_support import one_line, quiet_libraries, user_errors
 from trajdistill.traces_cli import traces_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -34,9 +35,16 @@ def train(
     sets = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
     cfg = load_config(config, sets)  # every config error, before any heavy library loads
     quiet_libraries()
+    from trajdistill.train.loop import RunStopped
     from trajdistill.train.run import train_command
 
-    train_command(cfg, resume=resume)
+    try:
+        train_command(cfg, resume=resume)
+    except RunStopped as stopped:
+        again = ["trajdistill", "train", str(config), *(f"--set={s}" for s in overrides or []),
+                 "-o", cfg.output_dir, "--resume"]
+        typer.echo(f"{one_line(stopped)}; resume with: {shlex.join(again)}", err=True)
+        raise typer.Exit(stopped.exit_code) from None
 
 
 @app.command("eval")

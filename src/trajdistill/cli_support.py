@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -9,7 +10,7 @@ import warnings
 
 import typer
 
-from trajdistill import UserError
+from trajdistill import RunWarning, UserError
 from trajdistill.files import TornTailWarning
 
 
@@ -21,7 +22,8 @@ def one_line(message: object) -> str:
 def user_errors(fn):
     """User mistakes end as one line on stderr and exit code 2, never a traceback.
 
-    trajdistill's own data warnings (a skipped cut-off last line) print as one `warning:` line.
+    trajdistill's own warnings (a skipped cut-off last line, a damaged checkpoint passed over)
+    print as one `warning:` line. A full disk is one line too: whatever was being written is named.
     """
 
     @functools.wraps(fn)
@@ -33,6 +35,13 @@ def user_errors(fn):
         except UserError as err:
             typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            where = f" writing {err.filename}" if err.filename else ""
+            typer.echo(f"error: no space left on device{where}; free some space and run the command again",
+                       err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted (rerun with --resume / the same command to continue)", err=True)
             raise typer.Exit(130) from None
@@ -42,7 +51,7 @@ def user_errors(fn):
 
 def _one_line_data_warnings(show_other):
     def show(message, category, *args, **kwargs):
-        if issubclass(category, TornTailWarning):
+        if issubclass(category, (TornTailWarning, RunWarning)):
             typer.echo(f"warning: {one_line(message)}", err=True)
         else:
             show_other(message, category, *args, **kwargs)

@@ -213,6 +213,8 @@ class RunConfig(Section):
         """The YAML tree that `load_config` reads back into this config."""
         out = self.model_dump(mode="json")
         out[self.method] = self.options.model_dump(mode="json")
+        if not self.method_class.uses_loss_section:  # its other loss fields are refused on load
+            out["loss"] = {"chunk_size": out["loss"]["chunk_size"]}
         return out
 
 

@@ -80,3 +80,30 @@ def test_privileged_context_needs_references(tmp_path, tiny_lm, tokenizer):
         generate_traces(bare, sampler, tokenizer, FlakyVerifier(), tmp_path, settings())
     rows = generate_traces(bare, sampler, tokenizer, FlakyVerifier(), tmp_path / "plain", settings(context="plain"))
     assert len(rows) == 2
+
+
+def test_a_full_disk_keeps_the_chunks_written_before_and_the_rerun_continues(tmp_path, tiny_lm, tokenizer,
+                                                                              monkeypatch):
+    import errno
+
+    from trajdistill.data import traces
+
+    sampler = make_sampler("hf", tiny_lm, tokenizer, batch_size=8, progress=False)
+    real = traces.atomic_write_jsonl
+
+    def full_on_second_chunk(path, rows):
+        if path.name == "chunk-000001.jsonl":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, rows)
+
+    monkeypatch.setattr(traces, "atomic_write_jsonl", full_on_second_chunk)
+    with pytest.raises(UserError) as err:
+        generate_traces(problems(), sampler, tokenizer, FlakyVerifier(), tmp_path, settings(), problems_per_chunk=2)
+    assert str(err.value) == (f"No space left on device writing {tmp_path / 'chunks' / 'chunk-000001.jsonl'}; "
+                              "the traces of the 2 problems written before are intact: free some space and "
+                              "rerun the same command to continue")
+    assert [p.name for p in (tmp_path / "chunks").iterdir()] == ["chunk-000000.jsonl"]
+    monkeypatch.setattr(traces, "atomic_write_jsonl", real)
+    verifier = FlakyVerifier()
+    rows = generate_traces(problems(), sampler, tokenizer, verifier, tmp_path, settings(), problems_per_chunk=2)
+    assert verifier.calls == 3 * 2 and len(rows) == 10

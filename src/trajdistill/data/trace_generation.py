@@ -6,6 +6,7 @@ the manifest pins the sampling settings so a resumed run cannot silently change 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -96,7 +97,15 @@ def generate_traces(
     for start in range(0, len(pending), problems_per_chunk):
         chunk = pending[start : start + problems_per_chunk]
         rows = sample_chunk(chunk, sampler, tokenizer, verify, settings)
-        atomic_write_jsonl(out_dir / "chunks" / f"chunk-{next_chunk:06d}.jsonl", rows)
+        chunk_path = out_dir / "chunks" / f"chunk-{next_chunk:06d}.jsonl"
+        try:
+            atomic_write_jsonl(chunk_path, rows)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise UserError(f"{err.strerror} writing {chunk_path}; the traces of the {len(done) + start} problems "
+                            "written before are intact: free some space and rerun the same command to "
+                            "continue") from None
         next_chunk += 1
         if progress:
             progress(len(done) + start + len(chunk), len(done) + len(pending))

@@ -20,8 +20,9 @@ The generic loop (`trajdistill.train.loop`) then calls, every step:
 
 Optional steps, with defaults here: `train_items` (what the data order iterates over),
 `checked_prompts` (prompts preflight measures against `sampling.max_prompt_tokens`),
-`progress_metrics` (what the progress line shows) and `check_config` (cross-field validation
-at config load time, before any model is touched).
+`progress_metrics` (what the progress line shows), `step_verdicts` (the verifier's verdicts of a
+step, which the trainer counts for `rollout/verifier_errors`) and `check_config` (cross-field
+validation at config load time, before any model is touched).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from trajdistill.records import Problem
+from trajdistill.records import Problem, Verdict
 
 if TYPE_CHECKING:  # torch is imported by the methods themselves, so a config loads without it
     import torch
@@ -108,6 +109,10 @@ class Method:
     def checked_prompts(self, problem: Problem) -> Iterable[tuple[str, list[int]]]:
         """(what, token ids) of every prompt this method builds for `problem`, for preflight."""
         return ()
+
+    def step_verdicts(self, result: StepResult) -> list[Verdict]:
+        """Every verdict the step's collect produced (default: those of `result.rollouts`)."""
+        return [r.verdict for r in result.rollouts if getattr(r, "verdict", None) is not None]
 
     # -- every step ----------------------------------------------------------------------------
     def collect(self, items: list, step: int) -> StepResult:

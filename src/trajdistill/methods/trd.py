@@ -37,7 +37,7 @@ from trajdistill.methods.onpolicy import OnPolicyDistillation, SettingOptions
 from trajdistill.methods.trd_prompts import initial_instruction, refinement_text, strip_echo
 from trajdistill.methods.trd_rows import (JOINT, STATUSES, joint_outcome, load_rows, refinement_status,
                                           refinement_table, refinement_table_markdown, save_rows)
-from trajdistill.records import Problem, Rollout
+from trajdistill.records import Problem, Rollout, Verdict
 from trajdistill.rollout import SamplingParams, render_prompt
 from trajdistill.rollout.prompts import chat_ids
 from trajdistill.train.batch import TrainSequence
@@ -243,6 +243,11 @@ class TrajectoryRefinedDistillation(OnPolicyDistillation):
                       / f"step-{step + 1:06d}-rank{self.ctx.rank}.parquet")
         seqs = [s for s in map(self.sequence, rows) if s is not None]
         return StepResult(seqs, trd_metrics(rows, seqs), rows)
+
+    def step_verdicts(self, result: StepResult) -> list[Verdict]:
+        """The verdicts of both trajectories of every row (y_o, and y_r when there is one)."""
+        return [Verdict(bool(row[f"{t}_passed"]), str(row[f"{t}_status"])) for row in result.rollouts
+                for t in ("y_o", "y_r") if row.get(f"{t}_status")]
 
     def extra_metrics(self, per_token, batch, seqs: list[TrainSequence]) -> dict:
         """KL split by the joint (y_o, y_r) outcome and by the outcome of the trained trajectory."""

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from trajdistill import UserError
-from trajdistill.config import RunConfig
+from trajdistill.config import RunConfig, save_config
 from trajdistill.data import load_problems, split_problems
 from trajdistill.eval.runner import evaluate, metric_columns, summary_markdown
 from trajdistill.files import atomic_write_json, atomic_write_text
@@ -25,6 +25,8 @@ from trajdistill.train import preflight
 from trajdistill.train.checkpoint import export_model
 from trajdistill.train.loop import Trainer
 from trajdistill.train.tracking import Trackers
+from trajdistill.train.progress import RunLog, eval_line
+from trajdistill.train.resume import check_resume
 from trajdistill.verify import Verifiers
 
 console = Console(stderr=True)
@@ -127,13 +129,33 @@ def run_preflight_prompts(cfg: RunConfig, method, problems: list[Problem]) -> No
                                    limit)
 
 
+def start_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunLog:
+    """The run directory, its resolved `config.yaml` and `run.log`, before anything heavy loads.
+
+    `--resume` first checks the saved config against this one (`train.resume`).
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return RunLog(None, plain=False)
+    if resume:
+        check_resume(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    log = RunLog(run_dir / "run.log")
+    length = f"{cfg.optim.steps} steps" if cfg.optim.epochs is None else f"{cfg.optim.epochs} epochs"
+    log.note(f"{'resuming' if resume else 'starting'} {cfg.method} on {cfg.data.train}: model {cfg.model.name}, "
+             f"{length}, output {run_dir}")
+    return log
+
+
 def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
                   stop_after: int | None = None) -> dict:
     """Run a whole training job; returns the before/after evaluation summaries."""
     run_dir = Path(cfg.output_dir)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    log = start_run_dir(cfg, run_dir, resume)
     problems = load_run_problems(cfg)  # data errors before the model loads
+    log.note(f"{len(problems.train)} training and {len(problems.eval)} held-out problems; loading {cfg.model.name}")
     ctx, method, accelerator = build(cfg, run_dir, model=model, tokenizer=tokenizer)
     items = method.train_items(problems.train)
     run_preflight_prompts(cfg, method, problems.train)
@@ -145,17 +167,20 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
     def evaluate_at(label: str, step: int) -> dict | None:
         if not is_main or not problems.eval:
             return None
+        began = time.perf_counter()
+        log.progress(f"eval {label}: {len(problems.eval)} held-out problems")
         ctx.sampler.sync(ctx.model)
         summary = evaluate(ctx.sampler, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verifier,
                            out_dir=eval_dir, label=label)
         trackers.log({f"eval/{col}": summary[col]["mean"] for col in metric_columns(summary)}, step)
+        log.progress(eval_line(label, summary, time.perf_counter() - began))
         return summary
 
     summaries: dict = {}
     if cfg.eval.before and not (resume and (eval_dir / "before.json").exists()):
         summaries["before"] = evaluate_at("before", 0)
     trainer = Trainer(cfg, run_dir, method, ctx, items, accelerator=accelerator,
-                      evaluate=lambda step: evaluate_at(f"step-{step}", step),
+                      evaluate=lambda step: evaluate_at(f"step-{step}", step), log=log,
                       on_metrics=trackers.log if trackers else None)
     trainer.run(resume=resume, stop_after=stop_after)
     if stop_after is not None and stop_after < trainer.total_steps:
@@ -169,6 +194,7 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
         export_model(model, ctx.tokenizer, run_dir / "final")
         elapsed = time.perf_counter() - started
         atomic_write_json(run_dir / "timing.json", {"seconds": elapsed})
+        log.note(f"finished in {elapsed / 60:.1f} min; model exported to {run_dir / 'final'}")
         finished = [s for s in (summaries.get("before"), summaries.get("after")) if s]
         if finished:
             table = summary_markdown(finished)
