@@ -169,11 +169,12 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
     eval_dir = run_dir / "eval"
 
     def evaluate_at(label: str) -> dict | None:
-        if not is_main or not problems.eval:
+        """Every process evaluates its share of the held-out problems; process 0 gets the summary."""
+        if not problems.eval:
             return None
         ctx.sampler.sync(ctx.model)
         return evaluate(ctx.sampler, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verifier,
-                        out_dir=eval_dir, label=label)
+                        out_dir=eval_dir, label=label, rank=ctx.rank, world=ctx.world)
 
     summaries: dict = {}
     if cfg.eval.before and not (resume and (eval_dir / "before.json").exists()):
