@@ -30,6 +30,13 @@ class ModelSpec(Section):
     trust_remote_code: bool = False
     attn_implementation: str | None = None
     """e.g. `sdpa` or `flash_attention_2`; None lets transformers choose."""
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+    """Compute precision of every forward pass of the run, the student's and the teacher's alike
+    (`torch.autocast`); `none` computes in the weights' `dtype`. Set it on `model:` only: it also
+    governs a separate `teacher:`."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant
+    `torch.utils.checkpoint`): activation memory of one layer instead of all, for ~1/3 more compute."""
 
 
 class LoraSpec(Section):
@@ -154,6 +161,20 @@ class LoggingSpec(Section):
     Weights & Biases (offline mode unless WANDB_MODE says otherwise)."""
 
 
+class DistributedSpec(Section):
+    """How several processes (torchrun / accelerate launch) share the model. One process ignores it."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp`: every process holds the whole model, gradients are averaged. `fsdp`: FSDP2 through
+    accelerate (`FullyShardedDataParallelPlugin(fsdp_version=2)`): parameters, gradients and
+    optimizer state are sharded across processes, each decoder layer gathered only while it runs."""
+    reshard_after_forward: bool = True
+    """fsdp: free each layer's gathered weights after its forward (gathered again for backward);
+    False keeps them until backward (faster, more memory)."""
+    cpu_offload: bool = False
+    """fsdp: keep the sharded parameters, gradients and optimizer state in CPU memory."""
+
+
 class TracesSpec(Section):
     """`trajdistill traces generate`: how the teacher that writes the traces is prompted."""
 
@@ -192,6 +213,7 @@ class RunConfig(Section):
     optim: OptimSpec = Field(default_factory=OptimSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
     traces: TracesSpec = Field(default_factory=TracesSpec)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
     _options: Any = PrivateAttr(default=None)
@@ -258,6 +280,10 @@ def config_from_tree(tree: dict[str, Any], source: str = "config") -> RunConfig:
 
 
 def _check_method_fields(cfg: RunConfig, cls, tree: dict[str, Any]) -> None:
+    for field in ("autocast", "gradient_checkpointing"):
+        if cfg.teacher is not None and field in cfg.teacher.model_fields_set:
+            raise ValueError(f"field 'teacher.{field}': set model.{field}; the teacher follows the "
+                             "student's precision policy and is never trained")
     kind = cls.teacher_kind(cfg.options)
     if kind == "separate" and cfg.teacher is None:
         raise ValueError(f"field 'teacher': method {cfg.method} in the opd setting needs a `teacher` model")

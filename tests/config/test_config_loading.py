@@ -64,3 +64,17 @@ def test_every_shipped_preset_validates():
 def test_drop_truncated_is_refused_for_trd():
     with pytest.raises(UserError, match="trd.drop_truncated': does not apply to trd"):
         load_config("configs/trd-opsd.yaml", ["trd.drop_truncated=true"])
+
+
+def test_scale_options_default_to_the_single_device_behaviour():
+    cfg = load_config(None)
+    assert (cfg.distributed.strategy, cfg.model.autocast, cfg.model.gradient_checkpointing) == ("ddp", "none", False)
+    cfg = load_config(None, ["distributed.strategy=fsdp", "model.autocast=bf16", "model.gradient_checkpointing=true"])
+    assert (cfg.distributed.strategy, cfg.model.autocast, cfg.model.gradient_checkpointing) == ("fsdp", "bf16", True)
+    with pytest.raises(UserError, match="distributed.strategy"):
+        load_config(None, ["distributed.strategy=zero3"])
+
+
+def test_the_teacher_has_no_precision_policy_of_its_own():
+    with pytest.raises(UserError, match="teacher.autocast.*model.autocast"):
+        load_config(None, ["method=opd", "teacher.name=x", "teacher.autocast=bf16"])

@@ -1,7 +1,11 @@
-"""Run two optimisation steps on a fixed global batch; save the trained weights.
+"""Run two optimisation steps on a fixed global batch; save the gradients and trained weights.
 
-Launched by tests/train/test_multiprocess_identity.py twice: as one process and under
-`torchrun --nproc_per_node 2`. The two must produce the same weights.
+Launched by tests/train/test_multiprocess_identity.py as one process and under
+`torchrun --nproc_per_node 2` (DDP or FSDP2). The runs must produce the same update. The script
+also checkpoints after the first step, exports `final/` after the second, then resumes from the
+checkpoint and repeats the second step: the resumed weights are saved as `resumed.*`.
+
+    python ddp_update.py OUT.safetensors AGGREGATION [STRATEGY] [lora|full]
 """
 
 import sys
@@ -14,7 +18,7 @@ from trajdistill.config import load_config
 from trajdistill.methods.base import StepResult
 from trajdistill.models import load_tokenizer, tiny_model
 from trajdistill.train.batch import TrainSequence
-from trajdistill.train.checkpoint import trainable_state
+from trajdistill.train.checkpoint import export_model, trainable_state
 from trajdistill.train.loop import Trainer
 from trajdistill.train.run import build
 
@@ -30,34 +34,45 @@ def fixed_sequences(step: int) -> list[TrainSequence]:
     return seqs
 
 
-def main(out: str, aggregation: str) -> None:
+def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora") -> None:
     torch.set_num_threads(1)
     tok = load_tokenizer("smollm2-135m-instruct")
+    run_dir = Path(out).parent / "run"
     cfg = load_config(None, ["method=opsd", "lora.r=4", "lora.alpha=8", "optim.problems_per_step=8",
                              "optim.micro_batch_size=2", "optim.lr=0.01", "optim.warmup_ratio=0",
                              "optim.schedule=constant", f"loss.aggregation={aggregation}", "loss.chunk_size=5",
-                             f"output_dir={Path(out).parent / 'run'}", "optim.steps=2"])
+                             f"output_dir={run_dir}", "optim.steps=2", f"distributed.strategy={strategy}",
+                             f"lora.enabled={weights == 'lora'}"])
     ctx, method, accelerator = build(cfg, Path(out).parent, model=tiny_model(tok, seed=0), tokenizer=tok)
     batches = {s: fixed_sequences(s) for s in range(2)}
     method.collect = lambda items, step: StepResult([batches[step][i] for i in items])
-    trainer = Trainer(cfg, Path(out).parent / "run", method, ctx, list(range(8)), accelerator=accelerator)
+    trainer = Trainer(cfg, run_dir, method, ctx, list(range(8)), accelerator=accelerator)
     trainer.order.indices = lambda step: list(range(8))  # the same fixed global batch, in order
-    model = accelerator.unwrap_model(trainer.model) if accelerator else trainer.model
+    model = trainer.model
     grads = {}
     calls = []
     step_fn = trainer.optimizer.step
 
     def capture_then_step(*args, **kwargs):  # the synchronised gradient the optimizer receives
-        for name, p in model.named_parameters():
+        for name, p in getattr(model, "module", model).named_parameters():
             if p.grad is not None:
-                grads[f"step{len(calls)}.{name}"] = p.grad.detach().clone()
+                g = p.grad.detach()
+                grads[f"step{len(calls)}.{name}"] = (g.full_tensor() if hasattr(g, "full_tensor") else g).clone()
         calls.append(1)
         return step_fn(*args, **kwargs)
 
     trainer.optimizer.step = capture_then_step
-    losses = [trainer.train_step(step)["loss"] for step in range(2)]
+    losses = [trainer.train_step(0)["loss"]]
+    trainer._checkpoint(1)
+    losses.append(trainer.train_step(1)["loss"])
+    trained = {k: v.clone() for k, v in trainable_state(model).items()}
+    export_model(model, tok, run_dir / "final")
+    assert trainer.resume() == 1
+    trainer.train_step(1)
+    resumed = trainable_state(model)
     if trainer.rank == 0:
-        state = {f"weight.{k}": v for k, v in trainable_state(model).items()}
+        state = {f"weight.{k}": v for k, v in trained.items()}
+        state.update({f"resumed.{k}": v for k, v in resumed.items()})
         state.update({f"grad0.{k}": v for k, v in grads.items() if k.startswith("step0.")})
         state["loss"] = torch.tensor(losses, dtype=torch.float64)
         save_file(state, out)
@@ -67,4 +82,4 @@ def main(out: str, aggregation: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

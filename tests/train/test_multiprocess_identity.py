@@ -15,18 +15,18 @@ def _env():
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("aggregation", ["token", "sequence"])
-def test_two_processes_give_the_single_process_update(tmp_path, aggregation, tokenizer):
+def _single_and_double(tmp_path, port: int, *args: str) -> tuple[dict, dict]:
     single = tmp_path / "single" / "w.safetensors"
     double = tmp_path / "double" / "w.safetensors"
     single.parent.mkdir()
     double.parent.mkdir()
-    subprocess.run([sys.executable, SCRIPT, str(single), aggregation], check=True, env=_env(), timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"
-                    if aggregation == "token" else "29534", SCRIPT, str(double), aggregation],
-                   check=True, env=_env(), timeout=300)
-    a, b = load_file(str(single)), load_file(str(double))
+    subprocess.run([sys.executable, SCRIPT, str(single), *args], check=True, env=_env(), timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                    SCRIPT, str(double), *args], check=True, env=_env(), timeout=300)
+    return load_file(str(single)), load_file(str(double))
+
+
+def _assert_same_update(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     grads = [k for k in a if k.startswith("grad0.")]
     assert grads and any(a[k].abs().sum() > 0 for k in grads)
@@ -37,3 +37,33 @@ def test_two_processes_give_the_single_process_update(tmp_path, aggregation, tok
     # elements, so the weights after two steps agree to a fraction of the learning rate (0.01).
     for k in (k for k in a if k.startswith("weight.")):
         torch.testing.assert_close(a[k], b[k], atol=1e-3, rtol=0)
+    for run in (a, b):  # resuming from the step-1 checkpoint repeats step 2 exactly
+        for k in (k for k in run if k.startswith("weight.")):
+            torch.testing.assert_close(run["resumed." + k[len("weight."):]], run[k], atol=0, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregation", ["token", "sequence"])
+def test_two_processes_give_the_single_process_update(tmp_path, aggregation, tokenizer):
+    a, b = _single_and_double(tmp_path, 29533 if aggregation == "token" else 29534, aggregation)
+    _assert_same_update(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["lora", "full"])
+def test_fsdp_two_processes_give_the_single_process_update_checkpoint_and_export(tmp_path, weights, tokenizer):
+    """FSDP2 shards the model over 2 gloo processes; the fused loss reads the (tied) LM head, whose
+    gradient `full` also checks. Checkpoints and `final/` are gathered whole: the same files."""
+    a, b = _single_and_double(tmp_path, 29535 if weights == "lora" else 29536, "token", "fsdp", weights)
+    assert any(k.startswith("grad0.") and "embed_tokens" in k for k in a) == (weights == "full")
+    _assert_same_update(a, b)
+    single = load_file(str(tmp_path / "single" / "run" / "final" / "model.safetensors"))
+    double = load_file(str(tmp_path / "double" / "run" / "final" / "model.safetensors"))
+    assert single.keys() == double.keys() and "lm_head.weight" not in single  # tied to the embedding
+    for k in single:
+        torch.testing.assert_close(single[k], double[k], atol=1e-3, rtol=0)
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "double" / "run" / "final")
+    ids = torch.tensor([[12, 345, 678, 910]])
+    assert torch.isfinite(exported(input_ids=ids).logits).all()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ from trajdistill.eval.metrics import mean_se, pass_at_k
 from trajdistill.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from trajdistill.records import Problem, Rollout, Verdict
 from trajdistill.rollout import SamplingParams, Sampler, render_prompt
+from trajdistill.train.distributed import gather_lists
 from trajdistill.verify import Verifiers, check_all
 
 REFLECTION_WORDS = ("wait", "actually", "alternatively", "hmm", "however", "let me check", "double-check",
@@ -31,6 +33,12 @@ def _stat(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "se": se}
 
 
+def problem_seed(seed: int, problem_id: str) -> int:
+    """The sampling seed of one problem: its samples do not depend on which other problems are
+    evaluated with it, in which order, or on which process."""
+    return (seed * 1_000_003 + zlib.crc32(problem_id.encode())) % 2**63
+
+
 def evaluate(
     sampler: Sampler,
     tokenizer,
@@ -41,52 +49,45 @@ def evaluate(
     *,
     out_dir: Path | None = None,
     label: str = "eval",
-) -> dict:
+    rank: int = 0,
+    world: int = 1,
+) -> dict | None:
     """Sample with `sampler` (already synced with the weights to evaluate), verify and summarise;
-    write `<out_dir>/<label>.{json,md}` and `<label>.samples.jsonl`."""
-    prompts = [render_prompt(tokenizer, p, prompt.instruction, prompt.system) for p in problems]
-    ids = [p.id for p in problems]
-    by_id = {p.id: p for p in problems}
+    write `<out_dir>/<label>.{json,md}` and `<label>.samples.jsonl`.
+
+    With several processes every process calls it: each samples and verifies `problems[rank::world]`,
+    process 0 gathers the per-sample results, summarises, writes and returns the summary (None
+    elsewhere). Sampled rollouts are seeded per problem (`problem_seed`), so the split does not
+    change them; greedy rollouts are batched within each process's share.
+    """
+    mine = problems[rank::world]
+    prompts = {p.id: render_prompt(tokenizer, p, prompt.instruction, prompt.system) for p in mine}
     n = max(spec.k)
     rows: list[dict] = []
-    summary: dict = {"label": label, "problems": len(problems), "n": n, "k": list(spec.k),
-                     "temperature": spec.temperature}
 
-    def run(params: SamplingParams, mode: str) -> dict[str, list[Rollout]]:
-        grouped: dict[str, list[Rollout]] = {i: [] for i in ids}
-        rollouts = sampler.sample(prompts, params, ids)
-        for r, verdict in zip(rollouts, check_all(verify, [by_id[r.problem_id] for r in rollouts], [r.text for r in rollouts])):
-            r.verdict = verdict
-            grouped[r.problem_id].append(r)
+    def record(rollouts: list[Rollout], mode: str) -> None:
+        by_id = {p.id: p for p in mine}
+        for r, verdict in zip(rollouts, check_all(verify, [by_id[r.problem_id] for r in rollouts],
+                                                  [r.text for r in rollouts])):
             rows.append({"mode": mode, "problem_id": r.problem_id, "sample": r.sample_index,
-                         "response": r.text, "passed": r.verdict.passed, "status": r.verdict.status,
+                         "response": r.text, "passed": verdict.passed, "status": verdict.status,
                          "tokens": len(r.response_ids), "finished": r.finished})
-        return grouped
 
-    per_problem: dict[str, dict] = {i: {} for i in ids}
-    if spec.greedy:
-        greedy = run(SamplingParams(n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens), "greedy")
-        summary["greedy"] = _stat([float(g[0].verdict.passed) for g in greedy.values()])
-        for i, g in greedy.items():
-            per_problem[i]["greedy"] = int(g[0].verdict.passed)
-    sampled = run(SamplingParams(n=n, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
-                                 max_new_tokens=spec.max_new_tokens, seed=spec.seed), "sampled")
-    correct = [sum(r.verdict.passed for r in g) for g in sampled.values()]
-    for i, c in zip(sampled, correct):
-        per_problem[i]["correct"] = c
-    summary[f"avg@{n}"] = _stat([c / n for c in correct])
-    summary[f"avg@{n}"]["se_runs"] = runs_se(sampled.values(), n)
-    for k in spec.k:
-        summary[f"pass@{k}"] = _stat([pass_at_k(n, c, k) for c in correct])
-    all_sampled = [r for g in sampled.values() for r in g]
-    summary["response_tokens"] = _stat([float(len(r.response_ids)) for r in all_sampled])
-    summary["reflections_per_response"] = _stat([float(reflection_count(r.text)) for r in all_sampled])
-    total_tokens = sum(len(r.response_ids) for r in all_sampled) or 1
-    summary["reflections_per_1k_tokens"] = 1000.0 * sum(reflection_count(r.text) for r in all_sampled) / total_tokens
-    summary["truncated"] = sum(not r.finished for r in all_sampled) / max(1, len(all_sampled))
-    # A verifier that failed is not a wrong answer: counted here, flagged in the table.
-    summary["verifier_errors"] = sum(1 for row in rows if row["status"] in ("verifier_error", "verifier_timeout"))
-    summary["per_problem"] = per_problem  # for paired before/after differences
+    if spec.greedy and mine:
+        record(sampler.sample([prompts[p.id] for p in mine],
+                              SamplingParams(n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens),
+                              [p.id for p in mine]), "greedy")
+    if mine:  # one batched call, each problem's samples from its own seed
+        params = SamplingParams(n=n, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
+                                max_new_tokens=spec.max_new_tokens,
+                                prompt_seeds=tuple(problem_seed(spec.seed, p.id) for p in mine))
+        record(sampler.sample([prompts[p.id] for p in mine], params, [p.id for p in mine]), "sampled")
+    rows = gather_lists(rows)
+    if rank != 0:
+        return None
+    order = {p.id: i for i, p in enumerate(problems)}
+    rows.sort(key=lambda r: (r["mode"] != "greedy", order[r["problem_id"]], r["sample"]))
+    summary = summarise(rows, [p.id for p in problems], spec, label)
     if out_dir is not None:
         out_dir = Path(out_dir)
         atomic_write_jsonl(out_dir / f"{label}.samples.jsonl", rows)
@@ -95,19 +96,50 @@ def evaluate(
     return summary
 
 
-def runs_se(groups, n: int) -> float:
+def runs_se(sampled_rows: list[dict], n: int) -> float:
     """REDI's error bar (seed 004, C.5): the standard deviation of the n benchmark-wide pass@1
     scores (sample j of every problem is run j) over sqrt(n). NaN for n = 1."""
     runs = [[0, 0] for _ in range(n)]
-    for group in groups:
-        for r in group:
-            runs[r.sample_index][0] += int(r.verdict.passed)
-            runs[r.sample_index][1] += 1
+    for r in sampled_rows:
+        runs[r["sample"]][0] += int(r["passed"])
+        runs[r["sample"]][1] += 1
     scores = [passed / total for passed, total in runs if total]
     if len(scores) < 2:
         return float("nan")
     mean = sum(scores) / len(scores)
     return math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) / math.sqrt(len(scores))
+
+
+def summarise(rows: list[dict], ids: list[str], spec: EvalSpec, label: str) -> dict:
+    """The summary of per-sample rows (`mode`, `problem_id`, `passed`, `tokens`, `finished`, ...)."""
+    n = max(spec.k)
+    summary: dict = {"label": label, "problems": len(ids), "n": n, "k": list(spec.k),
+                     "temperature": spec.temperature}
+    per_problem: dict[str, dict] = {i: {} for i in ids}
+    greedy = [r for r in rows if r["mode"] == "greedy"]
+    if spec.greedy:
+        summary["greedy"] = _stat([float(r["passed"]) for r in greedy])
+        for r in greedy:
+            per_problem[r["problem_id"]]["greedy"] = int(r["passed"])
+    sampled = [r for r in rows if r["mode"] == "sampled"]
+    correct = {i: 0 for i in ids}
+    for r in sampled:
+        correct[r["problem_id"]] += int(r["passed"])
+    for i, c in correct.items():
+        per_problem[i]["correct"] = c
+    summary[f"avg@{n}"] = _stat([c / n for c in correct.values()])
+    summary[f"avg@{n}"]["se_runs"] = runs_se(sampled, n)
+    for k in spec.k:
+        summary[f"pass@{k}"] = _stat([pass_at_k(n, c, k) for c in correct.values()])
+    summary["response_tokens"] = _stat([float(r["tokens"]) for r in sampled])
+    summary["reflections_per_response"] = _stat([float(reflection_count(r["response"])) for r in sampled])
+    total_tokens = sum(r["tokens"] for r in sampled) or 1
+    summary["reflections_per_1k_tokens"] = 1000.0 * sum(reflection_count(r["response"]) for r in sampled) / total_tokens
+    summary["truncated"] = sum(not r["finished"] for r in sampled) / max(1, len(sampled))
+    # A verifier that failed is not a wrong answer: counted here, flagged in the table.
+    summary["verifier_errors"] = sum(1 for r in rows if r["status"] in ("verifier_error", "verifier_timeout"))
+    summary["per_problem"] = per_problem  # for paired before/after differences
+    return summary
 
 
 def metric_columns(summary: dict) -> list[str]:

@@ -40,6 +40,30 @@ class _LogprobRecorder:
         return torch.stack(self.chosen, dim=1) if self.chosen else torch.zeros(len(last_tokens), 0)
 
 
+class _RowSeededSampler:
+    """Draws every row's next token from its own generator, after HF's own temperature, top-k and
+    top-p warpers, and leaves only that token possible (the decoding itself is then greedy)."""
+
+    def __init__(self, params: SamplingParams, seeds: list[int], device: torch.device):
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(params.temperature)]
+        if params.top_k:
+            self.warpers.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(params.top_p))
+        self.generators = [torch.Generator(device=device).manual_seed(s % 2**63) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        warped = scores.float()
+        for warper in self.warpers:
+            warped = warper(input_ids, warped)
+        probs = torch.softmax(warped, dim=-1)
+        chosen = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen[:, None], 0.0)
+
+
 class HFSampler:
     """Sampler over any `transformers` causal LM (or peft model wrapping one)."""
 
@@ -75,7 +99,9 @@ class HFSampler:
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start : start + self.batch_size]
                     batch_prompts = [prompts[jobs[i][0]] for i in chunk]
-                    for i, rollout in zip(chunk, self._generate(batch_prompts, params)):
+                    row_seeds = ([params.prompt_seeds[jobs[i][0]] + jobs[i][1] for i in chunk]
+                                 if params.prompt_seeds is not None and not params.greedy else None)
+                    for i, rollout in zip(chunk, self._generate(batch_prompts, params, row_seeds)):
                         rollout.problem_id = ids[jobs[i][0]]
                         rollout.sample_index = jobs[i][1]
                         results[i] = rollout
@@ -85,7 +111,8 @@ class HFSampler:
         return [r for r in results if r is not None]
 
     @torch.no_grad()
-    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
+    def _generate(self, prompts: list[list[int]], params: SamplingParams,
+                  row_seeds: list[int] | None = None) -> list[Rollout]:
         from transformers import GenerationConfig, LogitsProcessorList
 
         tok = self.tokenizer
@@ -96,22 +123,26 @@ class HFSampler:
         for row, prompt in enumerate(prompts):
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             attention[row, width - len(prompt) :] = 1
+        # Per-row seeds: HF decodes greedily over a distribution in which our processor has already
+        # drawn each row's token from its own generator (same warpers, same order as HF's sampling).
+        native = not params.greedy and row_seeds is None
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
-            do_sample=not params.greedy,
-            temperature=params.temperature if not params.greedy else None,
-            top_p=params.top_p if not params.greedy else None,
-            top_k=(params.top_k or None) if not params.greedy else None,
+            do_sample=native,
+            temperature=params.temperature if native else None,
+            top_p=params.top_p if native else None,
+            top_k=(params.top_k or None) if native else None,
             eos_token_id=tok.eos_token_id if params.stop_at_eos else None,
             pad_token_id=pad_id,
             use_cache=True,
         )
         recorder = _LogprobRecorder(params.temperature)
+        processors = [recorder] if row_seeds is None else [recorder, _RowSeededSampler(params, row_seeds, self.device)]
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
             generation_config=config,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList(processors),
         )
         generated = out[:, width:].cpu()
         logprobs = recorder.finish(out[:, -1]).cpu() if generated.shape[1] else None

@@ -22,6 +22,10 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int | None = None
     stop_at_eos: bool = True
+    prompt_seeds: tuple[int, ...] | None = None
+    """One seed per prompt: sample j of prompt i is drawn from its own generator seeded with
+    `prompt_seeds[i] + j`, so it does not depend on which prompts share its batch or process
+    (sharded evaluation). None: one stream seeded by `seed`."""
 
     @property
     def greedy(self) -> bool:

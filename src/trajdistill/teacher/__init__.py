@@ -18,12 +18,15 @@ import copy
 import torch
 
 from trajdistill.models.backbone import final_hidden, lm_head_weight
+from trajdistill.models.precision import autocast_context
 
 
 class Teacher:
-    def __init__(self, model, *, autocast_bf16: bool = False):
+    def __init__(self, model, *, autocast: str = "none"):
+        """`autocast`: the run's `model.autocast`, the student's compute precision, so that a
+        teacher with the student's weights and context gives the student's distribution."""
         self.model = model
-        self.autocast_bf16 = autocast_bf16
+        self.autocast = autocast
 
     def as_teacher(self):
         """Context in which `self.model` computes as the teacher (scoring or sampling)."""
@@ -33,8 +36,7 @@ class Teacher:
     def hidden(self, input_ids, attention_mask, rows, cols) -> torch.Tensor:
         """Final hidden states [N, H] at (rows, cols) of the teacher sequences."""
         device = next(self.model.parameters()).device
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
-        with self.as_teacher(), autocast:
+        with self.as_teacher(), autocast_context(self.autocast, device):
             states = final_hidden(self.model, input_ids.to(device), attention_mask.to(device))
         return states[rows.to(device), cols.to(device)].float()
 

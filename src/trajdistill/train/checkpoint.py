@@ -11,6 +11,10 @@ and resumes from the newest one that does.
 Every file is serialised in memory and written by `write_synced` (written, flushed, fsynced), so a
 full disk raises `OSError(ENOSPC)` right there: the native writers of torch and safetensors do not
 reliably report a failed write. The price is one in-memory copy of the state while it is saved.
+
+Under FSDP every process holds a shard: saving gathers whole tensors (every process must call
+`save_checkpoint`, `export_model`), process 0 writes them; loading gives each process its shard back.
+The files are the same as a single process writes, so a sharded run resumes on one process and back.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save
 
 from trajdistill import RunWarning
@@ -36,9 +41,47 @@ from trajdistill.models.backbone import base_causal_lm
 MANIFEST = "manifest.json"
 
 
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(getattr(model, "module", model), FSDPModule)
+
+
+def _is_main() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Whole trainable tensors on CPU, on every process (under FSDP each is all-gathered in turn)."""
+    from torch.distributed.tensor import DTensor
+
     model = getattr(model, "module", model)
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().contiguous()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _full_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer's state dict; under FSDP whole tensors keyed by parameter name, on process 0."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=_full_options())
 
 
 def rng_state() -> dict[str, Any]:
@@ -58,16 +101,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict,
+                    keep_last: int = 2) -> Path | None:
+    """Every process calls it (FSDP gathers); process 0 writes and returns the folder."""
+    weights, optim = trainable_state(model), optimizer_state(model, optimizer)
+    if not _is_main():
+        return None
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
     try:
         blob = io.BytesIO()
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    blob)
-        files = {"trainable.safetensors": save(trainable_state(model)), "training_state.pt": blob.getvalue(),
+        files = {"trainable.safetensors": save(weights), "training_state.pt": blob.getvalue(),
                  "state.json": json.dumps({"step": step, **state}, indent=2).encode()}
         for name, data in files.items():
             write_synced(tmp / name, data)
@@ -146,32 +194,80 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Every process reads the files and keeps its own shard of them."""
     weights = load_file(str(path / "trainable.safetensors"))
     target = getattr(model, "module", model)
     missing = set(weights) - {n for n, _ in target.named_parameters()}
     if missing:
         raise ValueError(f"checkpoint {path} has weights the model lacks: {sorted(missing)[:3]}")
-    target.load_state_dict(weights, strict=False)
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(target, weights, options=_full_options(strict=False))
+    else:
+        target.load_state_dict(weights, strict=False)
     blob = torch.load(path / "training_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    load_optimizer_state(model, optimizer, blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
     return json.loads((path / "state.json").read_text())
 
 
-def export_model(model, tokenizer, out_dir: Path) -> Path:
-    """A merged model directory that plain `transformers` loads (LoRA merged into the weights)."""
-    out_dir = Path(out_dir)
-    model = getattr(model, "module", model)
-    if hasattr(model, "merge_and_unload"):
-        import copy
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """Every weight of the model, whole; under FSDP gathered to CPU on process 0 (empty elsewhere)."""
+    if not is_sharded(model):
+        return getattr(model, "module", model).state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        merged = copy.deepcopy(model).merge_and_unload()
-    else:
-        merged = base_causal_lm(model)
+    return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+
+
+def merge_lora(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` of a peft model as the plain model's state dict, each LoRA delta folded into its
+    base weight: `W' = W + (alpha / r) B A`. New tensors only; `state` is left untouched."""
+    peft_model = getattr(model, "module", model)
+    if not hasattr(peft_model, "get_base_model"):
+        return dict(state)
+    from peft.tuners.lora import LoraLayer
+
+    out = dict(state)
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            if module.use_dora.get(adapter) or not isinstance(module.base_layer, torch.nn.Linear):
+                raise NotImplementedError(f"exporting {name}: only plain LoRA on Linear layers merges here")
+            a = out.pop(f"{name}.lora_A.{adapter}.weight").float()
+            b = out.pop(f"{name}.lora_B.{adapter}.weight").float()
+            delta = (b @ a) * module.scaling[adapter]
+            key = f"{name}.base_layer.weight"
+            base = out[key]
+            out[key] = (base.float() + (delta.T if module.fan_in_fan_out else delta)).to(base.dtype)
+    prefix = "base_model.model."
+    return {k.removeprefix(prefix).replace(".base_layer.", "."): v for k, v in out.items() if ".lora_" not in k}
+
+
+def export_model(model, tokenizer, out_dir: Path) -> Path | None:
+    """A merged model directory that plain `transformers` loads (LoRA merged into the weights).
+
+    Every process calls it (FSDP gathers the shards); process 0 writes. The LoRA deltas are folded
+    into the gathered state dict, so no second copy of the model is built.
+    """
+    out_dir = Path(out_dir)
+    state = full_state_dict(model)
+    if not _is_main():
+        return None
+    merged = merge_lora(model, state)
+    del state
+    base = base_causal_lm(model)
+    if getattr(base.config, "tie_word_embeddings", False):  # a gathered state holds the tied head twice
+        head = base.get_output_embeddings()
+        merged.pop(next(f"{n}.weight" for n, m in base.named_modules() if m is head), None)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        base_causal_lm(model).save_pretrained(tmp, state_dict=merged, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)

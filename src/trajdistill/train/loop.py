@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from trajdistill import RunWarning, UserError
 from trajdistill.config import RunConfig, save_config
+from trajdistill.models.precision import autocast_context
 from trajdistill.files import append_jsonl, atomic_write_jsonl, iter_jsonl_numbered, repair_jsonl_tail
 from trajdistill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trajdistill.train.optim import build_optimizer, trainable_parameters
@@ -243,11 +245,12 @@ class Trainer:
             sync = i == len(micro) - 1
             ctx = self.accelerator.no_sync(self.model) if (self.accelerator and not sync) else contextlib.nullcontext()
             with ctx:
-                if mb and totals.get("tokens", 1) > 0:
-                    loss, parts = self.method.loss(mb, totals)
-                    metric_parts.append(parts)
-                else:
-                    loss = zero_loss(self.model)
+                with autocast_context(self.cfg.model.autocast, self.device):  # forward only
+                    if mb and totals.get("tokens", 1) > 0:
+                        loss, parts = self.method.loss(mb, totals)
+                        metric_parts.append(parts)
+                    else:
+                        loss = zero_loss(self.model)
                 scaled = loss * self.world
                 if self.accelerator:
                     self.accelerator.backward(scaled)
@@ -274,11 +277,13 @@ class Trainer:
         params = trainable_parameters(self.model)
         max_norm = self.cfg.optim.max_grad_norm
         if max_norm is None:
-            grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-            return float(torch.norm(torch.stack(grads))) if grads else 0.0
-        if self.accelerator:
-            return float(self.accelerator.clip_grad_norm_(params, max_norm))
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grads = [p.grad.detach() for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else 0.0
+        elif self.accelerator:
+            norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # FSDP: a replicated DTensor
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, resume: bool = False, stop_after: int | None = None) -> list[dict]:
@@ -358,11 +363,11 @@ class Trainer:
     def _checkpoint(self, step: int) -> None:
         if self.accelerator:
             self.accelerator.wait_for_everyone()
-        if self.rank == 0:
-            self._write(self.run_dir / "checkpoints" / f"step-{step}", step, lambda: save_checkpoint(
-                self.run_dir, step, self.model, self.optimizer, self.scheduler,
-                {"data_position": step * self.cfg.optim.problems_per_step},
-                keep_last=self.cfg.checkpoint.keep_last))
+        # every process: under FSDP the shards are gathered; process 0 writes
+        self._write(self.run_dir / "checkpoints" / f"step-{step}", step, lambda: save_checkpoint(
+            self.run_dir, step, self.model, self.optimizer, self.scheduler,
+            {"data_position": step * self.cfg.optim.problems_per_step},
+            keep_last=self.cfg.checkpoint.keep_last))
         self.saved_step = step
         if self.accelerator:
             self.accelerator.wait_for_everyone()

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from trajdistill import UserError
-from trajdistill.config import RunConfig, save_config
+from trajdistill.config import DistributedSpec, RunConfig, save_config
 from trajdistill.data import load_problems, split_problems
 from trajdistill.eval.runner import evaluate, metric_columns, summary_markdown
 from trajdistill.files import atomic_write_json, atomic_write_text
@@ -54,23 +54,50 @@ def load_run_problems(cfg: RunConfig) -> Problems:
     return Problems(train, held)
 
 
-def make_accelerator(device: str = "auto"):
+def make_accelerator(device: str = "auto", distributed: DistributedSpec | None = None):
     """accelerate only when launched with several processes (torchrun / accelerate launch).
 
     On machines without CUDA (or with `model.device: cpu`) it must be told so explicitly, or it
-    silently runs every process as an independent single process.
+    silently runs every process as an independent single process. `distributed.strategy` chooses
+    DDP or FSDP2; an `accelerate config` file's FSDP_* settings fill in the plugin fields this
+    config does not set (e.g. `fsdp_transformer_layer_cls_to_wrap`).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+    distributed = distributed or DistributedSpec()
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    if distributed.strategy == "ddp":
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            raise UserError("the accelerate launch config asks for FSDP but distributed.strategy is ddp; "
+                            "set distributed.strategy=fsdp")
+        return Accelerator(cpu=cpu)
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedType
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",  # one unit per decoder layer (`_no_split_modules`)
+        reshard_after_forward=distributed.reshard_after_forward,
+        cpu_offload=CPUOffloadPolicy() if distributed.cpu_offload else None,
+        state_dict_type="FULL_STATE_DICT",
+    )
+    accelerator = Accelerator(cpu=cpu, fsdp_plugin=plugin)
+    if cpu:
+        # accelerate enables FSDP only for accelerator devices; torch's FSDP2 itself runs on CPU
+        # with gloo, so CPU runs take the very same prepare path.
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+    return accelerator
 
 
 def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
     """The teacher the method's class asked for: none, the separate `teacher:` model, or the
-    student's own base weights (adapter off under LoRA, a frozen copy otherwise)."""
-    autocast = device.type == "cuda"
+    student's own base weights (adapter off under LoRA, a frozen copy otherwise). It computes in
+    the student's precision (`model.autocast`)."""
+    autocast = cfg.model.autocast
     if kind == "none":
         return None
     if kind == "separate":
@@ -81,17 +108,17 @@ def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
                              attn_implementation=t.attn_implementation)
         preflight.check_tokenizer(teacher_tok, "teacher")
         preflight.check_same_vocabulary(tokenizer, teacher_tok, student, teacher)
-        return SeparateTeacher(teacher, autocast_bf16=autocast)
+        return SeparateTeacher(teacher, autocast=autocast)
     if cfg.lora.enabled:
-        return AdapterOffTeacher(student, autocast_bf16=autocast)
-    return FrozenCopyTeacher(student, autocast_bf16=autocast)
+        return AdapterOffTeacher(student, autocast=autocast)
+    return FrozenCopyTeacher(student, autocast=autocast)
 
 
 def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
     """Everything the method's class declares it needs. `model`/`tokenizer` may be injected
     (tests use tiny models)."""
     cls = cfg.method_class
-    accelerator = make_accelerator(cfg.model.device)
+    accelerator = make_accelerator(cfg.model.device, cfg.distributed)
     device = accelerator.device if accelerator else resolve_device(cfg.model.device)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
@@ -101,6 +128,9 @@ def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
                            attn_implementation=cfg.model.attn_implementation)
     model = model.to(device)
     preflight.check_tokenizer(tokenizer, "student")
+    if cfg.model.gradient_checkpointing:
+        # non-reentrant checkpointing needs no input gradients, so frozen embeddings (LoRA) are fine
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     ctx = MethodContext(cfg=cfg, model=model, tokenizer=tokenizer, device=device, run_dir=run_dir,
@@ -165,15 +195,17 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
     trackers = Trackers(cfg.logging.report_to, run_dir, cfg.tree(), run_dir.name) if is_main else None
 
     def evaluate_at(label: str, step: int) -> dict | None:
-        if not is_main or not problems.eval:
+        """Every process evaluates its share of the held-out problems; process 0 gets the summary."""
+        if not problems.eval:
             return None
         began = time.perf_counter()
         log.progress(f"eval {label}: {len(problems.eval)} held-out problems")
         ctx.sampler.sync(ctx.model)
         summary = evaluate(ctx.sampler, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verifier,
-                           out_dir=eval_dir, label=label)
-        trackers.log({f"eval/{col}": summary[col]["mean"] for col in metric_columns(summary)}, step)
-        log.progress(eval_line(label, summary, time.perf_counter() - began))
+                           out_dir=eval_dir, label=label, rank=ctx.rank, world=ctx.world)
+        if summary is not None:
+            trackers.log({f"eval/{col}": summary[col]["mean"] for col in metric_columns(summary)}, step)
+            log.progress(eval_line(label, summary, time.perf_counter() - began))
         return summary
 
     summaries: dict = {}
@@ -189,9 +221,8 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
         return summaries
     if cfg.eval.after:
         summaries["after"] = evaluate_at("after", trainer.total_steps)
+    export_model(ctx.model, ctx.tokenizer, run_dir / "final")  # every process: FSDP gathers the shards
     if is_main:
-        model = accelerator.unwrap_model(ctx.model) if accelerator else ctx.model
-        export_model(model, ctx.tokenizer, run_dir / "final")
         elapsed = time.perf_counter() - started
         atomic_write_json(run_dir / "timing.json", {"seconds": elapsed})
         log.note(f"finished in {elapsed / 60:.1f} min; model exported to {run_dir / 'final'}")
