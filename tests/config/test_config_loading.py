@@ -64,3 +64,15 @@ def test_every_shipped_preset_validates():
 def test_drop_truncated_is_refused_for_trd():
     with pytest.raises(UserError, match="trd.drop_truncated': does not apply to trd"):
         load_config("configs/trd-opsd.yaml", ["trd.drop_truncated=true"])
+
+
+def test_share_prefix_reads_yaml_on_and_off_as_modes(tmp_path):
+    assert load_config(None).loss.share_prefix == "auto"
+    for text, mode in (("on", "on"), ("off", "off"), ("auto", "auto")):
+        path = tmp_path / f"{text}.yaml"
+        path.write_text(f"loss:\n  share_prefix: {text}\n")  # YAML 1.1 reads on/off as booleans
+        assert load_config(path).loss.share_prefix == mode
+    path = tmp_path / "bad.yaml"
+    path.write_text("loss:\n  share_prefix: sometimes\n")
+    with pytest.raises(UserError, match="loss.share_prefix"):
+        load_config(path)

@@ -68,6 +68,7 @@ def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
     """The teacher the method's class asked for: none, the separate `teacher:` model, or the
     student's own base weights (adapter off under LoRA, a frozen copy otherwise)."""
     autocast = device.type == "cuda"
+    options = {"autocast_bf16": autocast, "share_prefix": cfg.loss.share_prefix}
     if kind == "none":
         return None
     if kind == "separate":
@@ -78,10 +79,10 @@ def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
                              attn_implementation=t.attn_implementation)
         preflight.check_tokenizer(teacher_tok, "teacher")
         preflight.check_same_vocabulary(tokenizer, teacher_tok, student, teacher)
-        return SeparateTeacher(teacher, autocast_bf16=autocast)
+        return SeparateTeacher(teacher, **options)
     if cfg.lora.enabled:
-        return AdapterOffTeacher(student, autocast_bf16=autocast)
-    return FrozenCopyTeacher(student, autocast_bf16=autocast)
+        return AdapterOffTeacher(student, **options)
+    return FrozenCopyTeacher(student, **options)
 
 
 def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
