@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from trajdistill import UserError
 from trajdistill.files import atomic_write_text
@@ -108,6 +108,17 @@ class LossSpec(Section):
     aggregation: Literal["token", "sequence"] = "token"
     """token: mean over every response token of the optimisation batch; sequence: per-rollout mean."""
     chunk_size: int = Field(512, ge=1)
+    share_prefix: Literal["auto", "on", "off"] = "auto"
+    """Encode each distinct prompt of a micro-batch once and run its responses on its KV cache
+    (student forward/backward and teacher scoring). auto: when some prompt repeats and a probe on
+    first use shows the model supports it; on: always; off: every row whole (bit-identical to
+    earlier versions). Equal to off up to float rounding; with LoRA dropout > 0, the n responses
+    of a prompt share one dropout mask on the prompt."""
+
+    @field_validator("share_prefix", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value  # YAML 1.1: on/off
 
 
 class OptimSpec(Section):

@@ -78,3 +78,15 @@ def test_scale_options_default_to_the_single_device_behaviour():
 def test_the_teacher_has_no_precision_policy_of_its_own():
     with pytest.raises(UserError, match="teacher.autocast.*model.autocast"):
         load_config(None, ["method=opd", "teacher.name=x", "teacher.autocast=bf16"])
+
+
+def test_share_prefix_reads_yaml_on_and_off_as_modes(tmp_path):
+    assert load_config(None).loss.share_prefix == "auto"
+    for text, mode in (("on", "on"), ("off", "off"), ("auto", "auto")):
+        path = tmp_path / f"{text}.yaml"
+        path.write_text(f"loss:\n  share_prefix: {text}\n")  # YAML 1.1 reads on/off as booleans
+        assert load_config(path).loss.share_prefix == mode
+    path = tmp_path / "bad.yaml"
+    path.write_text("loss:\n  share_prefix: sometimes\n")
+    with pytest.raises(UserError, match="loss.share_prefix"):
+        load_config(path)

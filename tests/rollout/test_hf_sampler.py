@@ -58,3 +58,39 @@ def test_privileged_prompt_contains_reference_and_problem(tokenizer):
     text = tokenizer.decode(render_privileged_prompt(tokenizer, p, "{problem}\nRef: {reference}\n{instruction}", "Go."))
     assert "What is 2 + 3?" in text and "\\boxed{5}" in text and "Go." in text
     assert text.rstrip().endswith("assistant")
+
+
+def test_seeded_rows_do_not_depend_on_their_batch(tiny_lm, tokenizer):
+    problems, prompts = _prompts(tokenizer)
+    params = SamplingParams(n=3, temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=8, prompt_seeds=(11, 22, 33))
+    together = make_sampler("hf", tiny_lm, tokenizer, batch_size=9, progress=False).sample(prompts, params)
+    for i, prompt in enumerate(prompts):
+        alone = make_sampler("hf", tiny_lm, tokenizer, batch_size=2, progress=False).sample(
+            [prompt], SamplingParams(**{**params.__dict__, "prompt_seeds": (params.prompt_seeds[i],)}))
+        assert [r.response_ids for r in alone] == [r.response_ids for r in together[3 * i: 3 * i + 3]]
+    assert len({tuple(r.response_ids) for r in together[:3]}) > 1  # the n samples differ
+
+
+def test_seeded_rows_sample_the_same_distribution_as_hf_generate(tiny_lm, tokenizer):
+    # First-token frequencies over many samples: per-row generators vs HF's own sampling.
+    _, prompts = _prompts(tokenizer)
+    sampler = make_sampler("hf", tiny_lm, tokenizer, batch_size=400, progress=False)
+    base = dict(n=400, temperature=1.3, top_k=8, top_p=0.95, max_new_tokens=1)
+    ours = sampler.sample(prompts[:1], SamplingParams(**base, prompt_seeds=(5,)))
+    theirs = sampler.sample(prompts[:1], SamplingParams(**base, seed=5))
+    with torch.no_grad():
+        logits = tiny_lm(input_ids=torch.tensor([prompts[0]])).logits[0, -1] / 1.3
+    top = torch.topk(logits, 8)
+    probs = torch.softmax(top.values, dim=-1)  # top-p 0.95 on 8 tokens: recomputed below
+    keep = torch.cumsum(probs, 0) - probs < 0.95
+    probs = torch.where(keep, probs, torch.zeros_like(probs))
+    probs = probs / probs.sum()
+    for rollouts in (ours, theirs):
+        counts = torch.zeros(len(probs))
+        for r in rollouts:
+            hits = (top.indices == r.response_ids[0]).nonzero()
+            assert len(hits) == 1, "a token outside the top-k/top-p set was sampled"
+            counts[hits[0, 0]] += 1
+        # each frequency within 4 binomial standard errors of the exact probability
+        se = torch.sqrt(probs * (1 - probs) / len(rollouts))
+        assert torch.all((counts / len(rollouts) - probs).abs() <= 4 * se + 1e-9), (counts, probs)

@@ -13,6 +13,7 @@ student is trained along, which context the teacher sees, or which weights multi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -22,6 +23,7 @@ from pydantic import Field
 from trajdistill.losses import chunked_divergence_from_hidden, sampled_token_objective
 from trajdistill.methods.base import Method, MethodOptions, StepResult, TeacherKind
 from trajdistill.models.backbone import final_hidden, lm_head_weight
+from trajdistill.models.shared_prefix import PrefixSharing, shared_prefix_hidden
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
 from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
@@ -204,16 +206,29 @@ class OnPolicyDistillation(Method):
     def hidden(self, seqs: list[TrainSequence], batch: ScoredBatch) -> Hidden:
         """Student states with gradient; the teacher's from each sequence's cache when every
         sequence has one (methods that score the whole step first), else computed now."""
-        model, s = self.ctx.model, batch.student
-        device = self.ctx.device
-        states = final_hidden(model, s.input_ids.to(device), s.attention_mask.to(device))
+        model, device = self.ctx.model, self.ctx.device
+        states = self.student_hidden(seqs, batch)
         if all(q.teacher_hidden is not None for q in seqs):
             teacher_states = torch.cat([q.teacher_hidden for q in seqs]).to(device)
         else:
-            t = batch.teacher
-            teacher_states = self.ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols)
-        return Hidden(states[s.rows.to(device), s.cols.to(device)], teacher_states,
-                      lm_head_weight(model), self.ctx.teacher.head_weight())
+            teacher_states = self.ctx.teacher.response_hidden(
+                [q.teacher_prompt for q in seqs], [q.teacher_response or q.response for q in seqs], batch.teacher)
+        return Hidden(states, teacher_states, lm_head_weight(model), self.ctx.teacher.head_weight())
+
+    def student_hidden(self, seqs: list[TrainSequence], batch: ScoredBatch) -> torch.Tensor:
+        """The student's final states `[N, H]` at the positions predicting each response token
+        (with gradient when enabled); each distinct student prompt encoded once when
+        `loss.share_prefix` allows."""
+        model, s, device = self.ctx.model, batch.student, self.ctx.device
+        prompts = [q.student_prompt for q in seqs]
+        if self.prefix_sharing.use(model, prompts):
+            return shared_prefix_hidden(model, prompts, [q.response for q in seqs], device, self.ctx.pad_id)
+        states = final_hidden(model, s.input_ids.to(device), s.attention_mask.to(device))
+        return states[s.rows.to(device), s.cols.to(device)]
+
+    @functools.cached_property
+    def prefix_sharing(self) -> PrefixSharing:
+        return PrefixSharing(self.cfg.loss.share_prefix, "student")
 
     def weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> tuple[torch.Tensor, float]:
         """The one weighting hook: per-token weights `w_i u_t` and the normaliser Z (token mean or

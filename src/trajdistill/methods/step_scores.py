@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from trajdistill.methods.onpolicy import Hidden, OnPolicyDistillation
-from trajdistill.models.backbone import final_hidden, lm_head_weight
+from trajdistill.models.backbone import lm_head_weight
 from trajdistill.train.batch import TrainSequence, collate
 from trajdistill.losses.logprobs import token_logprobs
 
@@ -41,7 +41,8 @@ class StepScoredDistillation(OnPolicyDistillation):
         todo = [s for s in seqs if s.teacher_hidden is None]
         for chunk in self._chunks(todo):
             t = collate(chunk, self.ctx.pad_id).teacher
-            states = self.ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols).cpu()
+            states = self.ctx.teacher.response_hidden([s.teacher_prompt for s in chunk],
+                                                      [s.teacher_response or s.response for s in chunk], t).cpu()
             for seq, h in zip(chunk, states.split([len(s.response) for s in chunk])):
                 seq.teacher_hidden = h
 
@@ -62,9 +63,8 @@ class StepScoredDistillation(OnPolicyDistillation):
         out: list[torch.Tensor] = []
         for chunk in self._chunks(seqs):
             batch = collate(chunk, self.ctx.pad_id)
-            s, device = batch.student, self.ctx.device
-            states = final_hidden(self.ctx.model, s.input_ids.to(device), s.attention_mask.to(device))
-            lp = token_logprobs(states[s.rows.to(device), s.cols.to(device)], lm_head_weight(self.ctx.model).detach(),
+            device = self.ctx.device
+            lp = token_logprobs(self.student_hidden(chunk, batch), lm_head_weight(self.ctx.model).detach(),
                                 batch.targets.to(device), temperature=temperature,
                                 chunk_size=self.cfg.loss.chunk_size).cpu()
             out += list(lp.split(batch.lengths.tolist()))

@@ -19,14 +19,16 @@ import torch
 
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.models.precision import autocast_context
+from trajdistill.models.shared_prefix import PrefixSharing, shared_prefix_hidden
 
 
 class Teacher:
-    def __init__(self, model, *, autocast: str = "none"):
+    def __init__(self, model, *, autocast: str = "none", share_prefix: str = "auto"):
         """`autocast`: the run's `model.autocast`, the student's compute precision, so that a
         teacher with the student's weights and context gives the student's distribution."""
         self.model = model
         self.autocast = autocast
+        self.prefix_sharing = PrefixSharing(share_prefix, "teacher")
 
     def as_teacher(self):
         """Context in which `self.model` computes as the teacher (scoring or sampling)."""
@@ -39,6 +41,18 @@ class Teacher:
         with self.as_teacher(), autocast_context(self.autocast, device):
             states = final_hidden(self.model, input_ids.to(device), attention_mask.to(device))
         return states[rows.to(device), cols.to(device)].float()
+
+    @torch.no_grad()
+    def response_hidden(self, prompts: list[list[int]], responses: list[list[int]], view) -> torch.Tensor:
+        """Final hidden states [N, H] at the positions predicting each response token after its
+        teacher prompt. Each distinct prompt is encoded once when `prefix_sharing` allows; else the
+        padded rows of `view` (a `train.batch.View` of the same sequences) run whole."""
+        device = next(self.model.parameters()).device
+        with self.as_teacher():
+            if self.prefix_sharing.use(self.model, prompts):
+                with autocast_context(self.autocast, device):
+                    return shared_prefix_hidden(self.model, prompts, responses, device).float()
+        return self.hidden(view.input_ids, view.attention_mask, view.rows, view.cols)
 
     def head_weight(self) -> torch.Tensor:
         return lm_head_weight(self.model).detach()

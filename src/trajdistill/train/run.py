@@ -98,6 +98,7 @@ def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
     student's own base weights (adapter off under LoRA, a frozen copy otherwise). It computes in
     the student's precision (`model.autocast`)."""
     autocast = cfg.model.autocast
+    options = {"autocast": autocast, "share_prefix": cfg.loss.share_prefix}
     if kind == "none":
         return None
     if kind == "separate":
@@ -108,10 +109,10 @@ def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
                              attn_implementation=t.attn_implementation)
         preflight.check_tokenizer(teacher_tok, "teacher")
         preflight.check_same_vocabulary(tokenizer, teacher_tok, student, teacher)
-        return SeparateTeacher(teacher, autocast=autocast)
+        return SeparateTeacher(teacher, **options)
     if cfg.lora.enabled:
-        return AdapterOffTeacher(student, autocast=autocast)
-    return FrozenCopyTeacher(student, autocast=autocast)
+        return AdapterOffTeacher(student, **options)
+    return FrozenCopyTeacher(student, **options)
 
 
 def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):

@@ -1,0 +1,174 @@
+"""Encode each distinct prompt once and run all of its responses on its KV cache.
+
+On-policy methods sample n responses per prompt and score every (prompt + response) row, so the
+prompt, often the longest part (OPSD's privileged context), is encoded n times. Here the rows are
+grouped by identical prompt; each distinct prompt runs once (`use_cache=True`), its keys and
+values are indexed out to the group's rows (an index, so the gradients of all n responses flow
+back into the one prompt pass), and the responses run on that cache, positions continuing after
+their own prompt:
+
+    prompt pass    P_g right-padded to L          -> h_P [G, L, H],  K, V [G, heads, L, d]
+    response pass  y_i[:-1] on K, V[g(i)]         -> h_y [B, R, H],  positions len(P_g) + j
+    state predicting y_i[0] = h_P[g(i), len(P_g) - 1];  y_i[j], j >= 1: h_y[i, j - 1]
+
+The padded prompt slots stay in the cache, hidden by the attention mask, so the states equal the
+row-by-row forward (`final_hidden`) up to float summation order.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from rich.console import Console
+
+from trajdistill.models.backbone import base_causal_lm, final_hidden
+
+console = Console(stderr=True)
+
+
+class PrefixSharingUnsupported(RuntimeError):
+    """The model's forward or cache cannot run responses on an expanded prompt cache."""
+
+
+def group_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """Distinct prompts in order of first appearance, and each row's index among them."""
+    index: dict[tuple[int, ...], int] = {}
+    group_of = [index.setdefault(tuple(p), len(index)) for p in prompts]
+    return [list(p) for p in index], group_of
+
+
+def _cache_argument(model) -> str:
+    """The keyword the model's forward takes a KV cache by (`cache` from transformers 5.x on)."""
+    params = inspect.signature(base_causal_lm(model).forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            if "position_ids" not in params:
+                break
+            return name
+    raise PrefixSharingUnsupported(f"{type(base_causal_lm(model)).__name__}.forward takes no KV cache "
+                                   "and position_ids")
+
+
+def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def shared_prefix_hidden(model, prompts: list[list[int]], responses: list[list[int]], device,
+                         pad_id: int = 0) -> torch.Tensor:
+    """Final hidden states `[N, H]` at the positions predicting every response token, rows in
+    order and tokens in order within a row (the order of `collate`'s `rows`/`cols`).
+
+    Each distinct prompt is encoded once. Gradients flow as in the unshared forward when grad is
+    enabled. `pad_id` only fills masked slots.
+    """
+    if any(len(r) == 0 for r in responses):
+        raise ValueError("every sequence needs at least one response token")
+    key = _cache_argument(model)
+    distinct, group_of = group_rows(prompts)
+    p_ids, p_mask = _right_padded(distinct, pad_id)
+    out = model(input_ids=p_ids.to(device), attention_mask=p_mask.to(device), use_cache=True,
+                output_hidden_states=True, logits_to_keep=1)
+    prompt_states = out.hidden_states[-1]  # [G, L, H]
+    cache = getattr(out, key, None)
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        raise PrefixSharingUnsupported(f"the model's cache ({type(cache).__name__}) is not a plain DynamicCache "
+                                       "(sliding-window or other layers may drop prompt keys)")
+    prompt_len = p_mask.sum(1)
+    group = torch.tensor(group_of, dtype=torch.long)
+    last = prompt_states[torch.arange(len(distinct), device=device), (prompt_len - 1).to(device)]  # [G, H]
+
+    feed = [r[:-1] for r in responses]  # the last token predicts nothing
+    width = max(len(r) for r in feed)
+    if width == 0:
+        return last[group.to(device)]
+    cache.batch_select_indices(group.to(device))  # K, V[g(i)] by indexing: differentiable, one copy per row
+    r_ids, r_mask = _right_padded(feed, pad_id)
+    mask = torch.cat([p_mask[group], r_mask], dim=1)
+    positions = prompt_len[group][:, None] + torch.arange(width)[None, :]
+    out = model(input_ids=r_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                use_cache=True, output_hidden_states=True, logits_to_keep=1, **{key: cache})
+    response_states = out.hidden_states[-1]  # [B, R, H]
+
+    flat = torch.cat([last, response_states.reshape(-1, response_states.shape[-1])])
+    index = []
+    for i, (g, r) in enumerate(zip(group_of, responses)):
+        index.append(g)
+        index.extend(len(distinct) + i * width + j for j in range(len(r) - 1))
+    return flat[torch.tensor(index, dtype=torch.long, device=device)]
+
+
+def unshared_hidden(model, prompts: list[list[int]], responses: list[list[int]], device,
+                    pad_id: int = 0) -> torch.Tensor:
+    """The row-by-row forward `shared_prefix_hidden` must reproduce (same output layout)."""
+    rows = [p + r for p, r in zip(prompts, responses)]
+    ids, mask = _right_padded(rows, pad_id)
+    states = final_hidden(model, ids.to(device), mask.to(device))
+    r = [i for i, resp in enumerate(responses) for _ in resp]
+    c = [len(p) - 1 + j for p, resp in zip(prompts, responses) for j in range(len(resp))]
+    return states[torch.tensor(r, device=device), torch.tensor(c, device=device)]
+
+
+class PrefixSharing:
+    """Whether a model's rows go through `shared_prefix_hidden` (`loss.share_prefix`).
+
+    off: never. on: always (a model that cannot raises). auto: only for batches where some prompt
+    repeats, and only if, on first use, a small probe (prompts of two lengths, responses of three)
+    runs and gives the unshared states; else the unshared path, with the reason logged once.
+    """
+
+    def __init__(self, mode: str = "auto", who: str = "model"):
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"share_prefix must be auto, on or off, not {mode!r}")
+        self.mode = mode
+        self.who = who
+        self.works: bool | None = None
+
+    def use(self, model, prompts: list[list[int]]) -> bool:
+        if self.mode == "off":
+            return False
+        if self.mode == "on":
+            return True
+        if len({tuple(p) for p in prompts}) == len(prompts):
+            return False  # groups of one: nothing to share
+        inner = getattr(model, "module", model)
+        if self.works is None and getattr(inner, "is_gradient_checkpointing", False) and inner.training:
+            # transformers turns the cache off while checkpointing in training mode
+            self.works = False
+            console.print(f"prefix sharing ({self.who}): off, model.gradient_checkpointing disables the prompt cache")
+        if self.works is None:
+            self.works, reason = probe(model, prompts[0])
+            console.print(f"prefix sharing ({self.who}): {'on' if self.works else 'off'}, {reason}")
+        return self.works
+
+
+@torch.no_grad()
+def probe(model, tokens: list[int]) -> tuple[bool, str]:
+    """Run a tiny batch both ways (eval mode, no grad, outside any DDP wrapper); `(works, why)`."""
+    inner = getattr(model, "module", model)
+    device = next(inner.parameters()).device
+    toks = (list(tokens) * 8)[:8]
+    prompts = [toks[:5], toks[:5], toks[:3]]
+    responses = [toks[5:8], toks[5:6], toks[3:5]]
+    was_training = inner.training
+    inner.eval()
+    try:
+        shared = shared_prefix_hidden(inner, prompts, responses, device)
+        plain = unshared_hidden(inner, prompts, responses, device)
+    except Exception as err:  # noqa: BLE001 - any failure means: do not share
+        return False, f"the model cannot run on an expanded prompt cache ({type(err).__name__}: {err})"
+    finally:
+        inner.train(was_training)
+    scale = max(1.0, float(plain.abs().max()))
+    tol = 1e-3 if plain.dtype in (torch.float32, torch.float64) else 5e-2
+    diff = float((shared.float() - plain.float()).abs().max())
+    if not diff <= tol * scale:
+        return False, f"a probe batch gave different states ({diff:.2g} max abs difference)"
+    return True, "each distinct prompt is encoded once per micro-batch"

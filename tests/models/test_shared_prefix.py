@@ -1,0 +1,201 @@
+"""Prefix-shared scoring gives the row-by-row forward's states, loss and gradients."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from trajdistill.config import LoraSpec, load_config
+from trajdistill.models.lora import apply_lora
+from trajdistill.models.shared_prefix import PrefixSharing, group_rows, shared_prefix_hidden, unshared_hidden
+from trajdistill.records import Problem
+from trajdistill.teacher import AdapterOffTeacher
+from trajdistill.train.batch import TrainSequence, collate
+
+CPU = torch.device("cpu")
+
+
+def random_rows(seed=0):
+    """Three prompts of different lengths (groups of 3, 2 and 1 rows), responses of 1 to 6 tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    distinct = [torch.randint(10, 2000, (n,), generator=gen).tolist() for n in (7, 12, 4)]
+    prompts = [distinct[0], distinct[1], distinct[0], distinct[2], distinct[1], distinct[0]]
+    responses = [torch.randint(10, 2000, (n,), generator=gen).tolist() for n in (3, 1, 5, 2, 6, 4)]
+    return prompts, responses
+
+
+def lora_float64(tiny_lm):
+    model = apply_lora(tiny_lm.double(), LoraSpec(r=4, alpha=8))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # a student that differs from its base
+                param.copy_(0.3 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+    return model.train()
+
+
+def grads_of(model, loss):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, params)
+
+
+def test_group_rows_keeps_first_appearance_order():
+    distinct, group_of = group_rows([[5, 6], [1], [5, 6], [1], [2]])
+    assert distinct == [[5, 6], [1], [2]]
+    assert group_of == [0, 1, 0, 1, 2]
+
+
+def test_student_states_loss_and_lora_gradients_equal_the_unshared_forward(tiny_lm):
+    model = lora_float64(tiny_lm)
+    prompts, responses = random_rows()
+    shared = shared_prefix_hidden(model, prompts, responses, CPU)
+    plain = unshared_hidden(model, prompts, responses, CPU)
+    assert shared.shape == plain.shape == (sum(map(len, responses)), 64)
+    torch.testing.assert_close(shared, plain, atol=1e-10, rtol=0)
+
+    head = model.get_output_embeddings().weight
+    targets = torch.tensor([t for r in responses for t in r])
+
+    def loss_of(states):  # the mean token NLL through the tied head
+        return torch.nn.functional.cross_entropy(states @ head.T, targets)
+
+    shared_loss, plain_loss = loss_of(shared), loss_of(plain)
+    torch.testing.assert_close(shared_loss, plain_loss, atol=1e-5, rtol=0)
+    shared_grads, plain_grads = grads_of(model, shared_loss), grads_of(model, plain_loss)
+    assert len(shared_grads) == 28  # lora_A and lora_B of the 7 linear layers of both blocks
+    assert max(float(g.abs().max()) for g in plain_grads) > 1e-3
+    for a, b in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_adapter_off_teacher_scores_the_same_with_and_without_sharing(tiny_lm):
+    model = lora_float64(tiny_lm)
+    prompts, responses = random_rows(seed=1)
+    view = collate([TrainSequence(student_prompt=p, response=r, teacher_prompt=p)
+                    for p, r in zip(prompts, responses)], pad_id=0).teacher
+    shared = AdapterOffTeacher(model, share_prefix="on").response_hidden(prompts, responses, view)
+    plain = AdapterOffTeacher(model, share_prefix="off").response_hidden(prompts, responses, view)
+    torch.testing.assert_close(shared, plain, atol=1e-10, rtol=0)
+    student = unshared_hidden(model, prompts, responses, CPU).detach()
+    assert float((plain - student).abs().max()) > 1e-2  # the adapter really was off
+
+
+def test_each_distinct_prompt_is_encoded_once(tiny_lm):
+    prompts, responses = random_rows()
+    seen = []
+    tiny_lm.model.embed_tokens.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        shared_prefix_hidden(tiny_lm, prompts, responses, CPU)
+    assert seen == [(3, 12), (6, 5)]  # 3 distinct prompts, then 6 responses minus their last token
+
+
+def test_responses_of_one_token_need_only_the_prompt_pass(tiny_lm):
+    prompts, _ = random_rows()
+    responses = [[11]] * len(prompts)
+    with torch.no_grad():
+        torch.testing.assert_close(shared_prefix_hidden(tiny_lm, prompts, responses, CPU),
+                                   unshared_hidden(tiny_lm, prompts, responses, CPU), atol=1e-5, rtol=0)
+
+
+class NoCacheLM(torch.nn.Module):
+    """A causal LM whose forward takes no KV cache."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                          use_cache=False)
+
+
+class PositionBlindLM(torch.nn.Module):
+    """Takes a cache and positions but drops the positions: sharing would give wrong states."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask, position_ids=None, cache=None, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
+
+
+def test_auto_shares_only_repeated_prompts_on_models_that_pass_the_probe(tiny_lm, capsys):
+    prompts, _ = random_rows()
+    auto = PrefixSharing("auto", "student")
+    assert not auto.use(tiny_lm, [[1, 2], [3, 4]]) and auto.works is None  # nothing repeats: no probe
+    assert auto.use(tiny_lm, prompts) and auto.use(tiny_lm, prompts)
+    assert capsys.readouterr().err.count("prefix sharing (student): on") == 1  # logged once
+    assert not PrefixSharing("off").use(tiny_lm, prompts)
+    assert PrefixSharing("on").use(tiny_lm, [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize("wrapper, reason", [(NoCacheLM, "cannot run on an expanded prompt cache"),
+                                             (PositionBlindLM, "probe batch gave different states")])
+def test_auto_falls_back_to_whole_rows_when_sharing_cannot_work(tiny_lm, capsys, wrapper, reason):
+    prompts, _ = random_rows()
+    auto = PrefixSharing("auto", "teacher")
+    model = wrapper(tiny_lm).train()
+    assert not auto.use(model, prompts)
+    assert reason in capsys.readouterr().err
+    assert model.training and tiny_lm.training  # the probe (in eval mode) restores the training mode
+
+
+def method_rows(method, tokenizer, problems):
+    """Each problem's student and privileged teacher prompts with responses of 1 to 8 tokens."""
+    gen = torch.Generator().manual_seed(5)
+    seqs = []
+    for i, problem in enumerate(problems):
+        for j in range(3 if i < 2 else 1):
+            response = torch.randint(10, 2000, (1 + (3 * i + 5 * j) % 8,), generator=gen).tolist()
+            seqs.append(TrainSequence(student_prompt=method.student_prompt(problem), response=response,
+                                      teacher_prompt=method.teacher_prompt(problem), problem_id=problem.id))
+    return seqs
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])
+def test_opsd_loss_and_gradients_are_those_of_the_unshared_path(tmp_path, tiny_lm, tokenizer, divergence):
+    from trajdistill.train.run import build
+
+    problems = [Problem(id=f"p{i}", prompt=f"What is {i} + {10 * i + 1}?" + " Think." * i, answer="0",
+                        reference=f"{i} + {10 * i + 1} = {11 * i + 1}." + " Check." * (3 - i)) for i in range(3)]
+    results = {}
+    for mode in ("on", "off"):
+        cfg = load_config(Path("configs") / "opsd-forward-kl.yaml",
+                          ["lora.r=4", "lora.alpha=8", f"output_dir={tmp_path}", "loss.chunk_size=7",
+                           f"loss.divergence={divergence}", f"loss.share_prefix={mode}"])
+        ctx, method, _ = build(cfg, tmp_path, model=copy.deepcopy(tiny_lm).double(), tokenizer=tokenizer)
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for name, param in ctx.model.named_parameters():
+                if "lora_" in name:  # the same adapter in both runs, and one that changes the student
+                    param.copy_(0.3 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+        ctx.model.train()
+        seqs = method_rows(method, tokenizer, problems)
+        loss, metrics = method.loss(seqs, method.counts(seqs))
+        results[mode] = (loss, grads_of(ctx.model, loss), metrics["kl/mean"])
+    (loss_on, grads_on, kl_on), (loss_off, grads_off, kl_off) = results["on"], results["off"]
+    assert float(loss_off.detach()) > 1e-3
+    torch.testing.assert_close(loss_on, loss_off, atol=1e-5, rtol=0)
+    assert kl_on[1] == kl_off[1] and abs(kl_on[0] - kl_off[0]) < 1e-5
+    for a, b in zip(grads_on, grads_off):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_share_prefix_off_runs_every_row_whole_as_before(tmp_path, tiny_lm, tokenizer):
+    from trajdistill.models.backbone import final_hidden
+    from trajdistill.train.run import build
+
+    cfg = load_config(Path("configs") / "opsd-forward-kl.yaml",
+                      ["lora.r=4", "lora.alpha=8", f"output_dir={tmp_path}", "loss.share_prefix=off"])
+    ctx, method, _ = build(cfg, tmp_path, model=tiny_lm, tokenizer=tokenizer)
+    problems = [Problem(id=f"p{i}", prompt=f"What is {i} + 1?", answer="0", reference=f"{i + 1}.") for i in range(2)]
+    seqs = method_rows(method, tokenizer, problems)
+    batch = collate(seqs, ctx.pad_id)
+    with torch.no_grad():
+        got = method.hidden(seqs, batch)
+        s, t = batch.student, batch.teacher
+        student = final_hidden(ctx.model, s.input_ids, s.attention_mask)[s.rows, s.cols]
+        teacher = ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols)
+    assert torch.equal(got.student, student) and torch.equal(got.teacher, teacher)
