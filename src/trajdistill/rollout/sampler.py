@@ -47,7 +47,9 @@ class Sampler(Protocol):
         ...
 
 
-def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True) -> Sampler:
+def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True,
+                 vllm_options=None) -> Sampler:
+    """`vllm_options` (a `trajdistill.rollout.vllm.VLLMOptions`) configures the vLLM engine."""
     if backend == "hf":
         from trajdistill.rollout.hf import HFSampler
 
@@ -55,5 +57,5 @@ def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progre
     if backend == "vllm":
         from trajdistill.rollout.vllm import VLLMSampler
 
-        return VLLMSampler(model, tokenizer)
+        return VLLMSampler(model, tokenizer, vllm_options)
     raise UserError(f"unknown sampling backend '{backend}' (choose hf or vllm)")
