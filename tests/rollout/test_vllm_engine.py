@@ -167,3 +167,20 @@ def test_vllm_engine_starts_once_and_syncs_only_changed_weights(engine, student,
     record_property("skipped_sync_s", round(skipped, 4))
     print(f"engine start {engine.start_seconds:.1f}s, sync {engine.sync_seconds[-1] * 1000:.0f}ms, "
           f"unchanged sync {skipped * 1000:.1f}ms")
+
+
+def test_vllm_engine_in_a_child_process_syncs_through_a_file(tokenizer, prompts):
+    from trajdistill.rollout.vllm import VLLMSampler
+
+    first, second = small_model(tokenizer), tiny_model(tokenizer, seed=1, heads=1)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=16)
+    sampler = VLLMSampler(first, tokenizer, dtype="float32", max_model_len=512, kv_cache_gb=1, multiprocess=True)
+    try:
+        expected = [r.response_ids for r in HFSampler(second, tokenizer, progress=False).sample(prompts, greedy)]
+        assert [r.response_ids for r in sampler.sample(prompts, greedy)] != expected
+        sampler.sync(second)
+        assert [r.response_ids for r in sampler.sample(prompts, greedy)] == expected
+        print(f"child-process engine start {sampler.start_seconds:.1f}s, sync {sampler.sync_seconds[-1] * 1000:.0f}ms")
+    finally:
+        sampler.close()
+    assert not sampler._dir.exists()

@@ -128,12 +128,19 @@ def _model_root() -> Path | None:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
-def _save_weights(state: dict[str, torch.Tensor], path: Path, tied: bool) -> None:
+def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write `state` as one safetensors file. Tied tensors (the embedding as the head) are written
+    twice: safetensors refuses shared storage, and an in-place reload leaves a tensor it does not
+    find in the file uninitialised."""
     from safetensors.torch import save_file
 
-    if tied:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}  # the embedding, shared
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        ptr = tensor.data_ptr()
+        out[name] = tensor.clone() if ptr in seen else tensor.contiguous()
+        seen.add(ptr)
+    save_file(out, str(path))
 
 
 class VLLMSampler:
@@ -159,12 +166,11 @@ class VLLMSampler:
         dtype = opts.dtype or str(next(base.parameters()).dtype).removeprefix("torch.")
         self._dir = Path(tempfile.mkdtemp(prefix="trajdistill-vllm-", dir=_model_root()))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
-        self._tied = bool(getattr(base.config, "tie_word_embeddings", False))
         config = base.config.to_dict()
         config.pop("quantization_config", None)
         type(base.config).from_dict(config).save_pretrained(self._dir)
         tokenizer.save_pretrained(self._dir)
-        _save_weights(merged_state_dict(model), self._dir / "model.safetensors", self._tied)
+        _save_weights(merged_state_dict(model), self._dir / "model.safetensors")
 
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if opts.multiprocess else "0"
         if on_cpu:
@@ -202,7 +208,7 @@ class VLLMSampler:
         state = merged_state_dict(model)
         if self.options.multiprocess:
             # tensors cannot cross into the engine process cheaply; a file in RAM can
-            _save_weights(state, self._dir / "model.safetensors", self._tied)
+            _save_weights(state, self._dir / "model.safetensors")
             self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(self._dir)})
         else:
             self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
