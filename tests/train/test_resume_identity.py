@@ -106,6 +106,20 @@ def test_killed_twice_and_resumed_matches_the_uninterrupted_run(tmp_path, tiny_m
 
 
 @pytest.mark.slow
+def test_real_smollm2_killed_twice_and_resumed_exports_the_same_merged_weights(tmp_path):
+    cfg = write_setup(tmp_path, "smollm2-135m-instruct", steps=4)
+    train(cfg, tmp_path / "straight")
+    killed = tmp_path / "killed"
+    kill_at(cfg, killed, 1)
+    kill_at(cfg, killed, 3, "--resume")
+    assert not (killed / "checkpoints" / "step-4").exists(), "killed too late to test resume"
+    train(cfg, killed, "--resume")
+    assert_same_run(tmp_path / "straight", killed, 4)
+    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (tmp_path / "straight", killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the merged export, bit for bit
+
+
+@pytest.mark.slow
 def test_an_offline_method_killed_and_resumed_matches_the_uninterrupted_run(tmp_path, tiny_model_dir):
     cfg = write_setup(tmp_path, tiny_model_dir, method="sft", steps=4)
     train(cfg, tmp_path / "straight")
