@@ -19,19 +19,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import random
 import signal
 import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -40,6 +36,7 @@ from trajdistill.config import RunConfig, save_config
 from trajdistill.models.precision import autocast_context
 from trajdistill.files import append_jsonl, atomic_write_jsonl, iter_jsonl_numbered, repair_jsonl_tail
 from trajdistill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trajdistill.train.lockstep import DataOrder, all_reduce_sums, merge_metric_sums, seed_everything, zero_loss
 from trajdistill.train.optim import build_optimizer, trainable_parameters
 from trajdistill.train.progress import RunLog, step_line
 
@@ -112,63 +109,6 @@ def trim_metrics(path: Path, step: int) -> None:
         warnings.warn(RunWarning(f"{path} has no line for step(s) {', '.join(map(str, missing))}; "
                                  "they stay missing"), stacklevel=2)
     atomic_write_jsonl(path, [rows[s] for s in sorted(rows)])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-@dataclass
-class DataOrder:
-    """Which items each step sees: epoch-wise permutations seeded by the run seed.
-
-    Step s takes items [s * B, (s + 1) * B) of the concatenated permutations, so the position in
-    the data is a pure function of the step and a resumed run sees exactly the same batches.
-    """
-
-    size: int
-    batch: int
-    seed: int
-
-    def indices(self, step: int) -> list[int]:
-        out = []
-        for flat in range(step * self.batch, (step + 1) * self.batch):
-            epoch, offset = divmod(flat, self.size)
-            perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7 + epoch))
-            out.append(int(perm[offset]))
-        return out
-
-
-def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-
-def merge_metric_sums(parts: list[dict[str, tuple[float, float]]]) -> dict[str, float]:
-    """Combine (sum, count) pairs from every process and micro-batch into means."""
-    if dist.is_available() and dist.is_initialized():
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, parts)
-        parts = [p for proc in gathered for p in proc]
-    sums: dict[str, list[float]] = {}
-    for part in parts:
-        for name, (s, c) in part.items():
-            acc = sums.setdefault(name, [0.0, 0.0])
-            acc[0] += s
-            acc[1] += c
-    return {name: (s / c if c else float("nan")) for name, (s, c) in sums.items()}
-
-
-def zero_loss(model) -> torch.Tensor:
-    """A loss of exactly zero that still runs the model's forward, so DDP ranks stay in step."""
-    dummy = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
-    return model(input_ids=dummy, attention_mask=torch.ones_like(dummy), logits_to_keep=1).logits.sum() * 0.0
 
 
 class Trainer:
