@@ -15,18 +15,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import Field
 
 from trajdistill.losses import chunked_divergence_from_hidden, sampled_token_objective
-from trajdistill.methods.base import Method, MethodOptions, StepResult, TeacherKind
+from trajdistill.methods.base import Method, StepResult, TeacherKind
+from trajdistill.methods.onpolicy_metrics import divergence_metrics, rollout_metrics
+from trajdistill.methods.onpolicy_options import OnPolicyOptions, SettingOptions
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.models.shared_prefix import PrefixSharing, shared_prefix_hidden
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
 from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
+
+__all__ = ["OPD", "OPSD", "Hidden", "OnPolicyDistillation", "OnPolicyOptions", "SettingOptions",
+           "divergence_metrics", "rollout_metrics", "rollout_sequence"]
 
 _DIVERGENCE = {"forward_kl": "forward_kl", "reverse_kl": "reverse_kl", "jsd": "jsd"}
 
@@ -37,34 +41,6 @@ class Hidden:
     teacher: torch.Tensor  # [N, H], no grad
     student_head: torch.Tensor
     teacher_head: torch.Tensor
-
-
-class OnPolicyOptions(MethodOptions):
-    """Options every on-policy method shares (the section named after the method, e.g. `opsd:`)."""
-
-    off_policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
-    """GKD-style share of responses that do not come from the student (0: fully on-policy)."""
-    off_policy_source: Literal["reference", "teacher"] = "reference"
-    """Where that share comes from: the data set's reference solution, or a sample from the teacher
-    under its own context (OPSD: the privileged prompt; GKD's teacher-generated data). Either way the
-    student is trained along it under the student's prompt, token by token against the teacher."""
-    outcome_filter: Literal["all", "incorrect", "correct"] = "all"
-    """Train only on rollouts with this verifier outcome (ReNIO's filtering experiment)."""
-    drop_truncated: bool = False
-    """Leave out rollouts that hit `sampling.max_new_tokens` without ending (DAPO's overlong
-    filtering). Along a cut-off rollout a small model is often repeating itself, and a teacher that
-    wants a properly ended answer keeps scoring "continue", so training on them teaches not to stop.
-    Data set references always end; teacher samples cut at the budget are dropped like the student's."""
-    diagnostics: bool = True
-    """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
-    teacher/student perplexity gap)."""
-
-
-class SettingOptions(OnPolicyOptions):
-    """On-policy methods that work with either teacher (TRD, ReNIO, TOPD)."""
-
-    setting: Literal["opd", "opsd"] = "opsd"
-    """opd: the separate `teacher:` model, same prompt; opsd: the student's base shown the reference."""
 
 
 class OnPolicyDistillation(Method):
@@ -308,34 +284,3 @@ def rollout_sequence(rollout: Rollout, teacher_prompt: list[int]) -> TrainSequen
     return TrainSequence(student_prompt=rollout.prompt_ids, response=rollout.response_ids,
                          teacher_prompt=teacher_prompt, passed=rollout.verdict.passed,
                          problem_id=rollout.problem_id, finished=rollout.finished)
-
-
-def rollout_metrics(rollouts: list[Rollout], kept: int) -> dict[str, tuple[float, float]]:
-    """Sums and counts, so processes can add them up before dividing."""
-    n = float(len(rollouts))
-    own = [r for r in rollouts if not r.off_policy]
-    other = [r for r in rollouts if r.off_policy]
-    return {
-        "rollout/pass_rate": (sum(bool(r.verdict and r.verdict.passed) for r in own), float(len(own))),
-        "rollout/off_policy_pass_rate": (sum(bool(r.verdict and r.verdict.passed) for r in other), float(len(other))),
-        "rollout/response_len": (sum(len(r.response_ids) for r in rollouts), n),
-        "rollout/truncated": (sum(not r.finished for r in rollouts), n),
-        "rollout/kept": (float(kept), n),
-    }
-
-
-def divergence_metrics(per_token: torch.Tensor, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
-    """Mean per-token divergence on the rollouts' tokens, overall and split by the rollout's
-    verifier outcome; TOPD's guidance branches are reported apart (`topd/guidance_kl`)."""
-    passed = torch.tensor([bool(p) for p in batch.passed])[batch.seq_index]
-    if batch.guidance is None:
-        out = {"kl/mean": (float(per_token.sum()), float(per_token.numel()))}
-        for name, mask in (("kl/correct", passed), ("kl/incorrect", ~passed)):
-            out[name] = (float(per_token[mask].sum()), float(mask.sum()))
-        return out
-    guide = batch.guidance[batch.seq_index]
-    out = {}
-    for name, mask in (("kl/mean", ~guide), ("kl/correct", ~guide & passed), ("kl/incorrect", ~guide & ~passed),
-                       ("topd/guidance_kl", guide)):
-        out[name] = (float(per_token[mask].sum()), float(mask.sum()))
-    return out
