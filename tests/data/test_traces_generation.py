@@ -86,7 +86,7 @@ def test_a_full_disk_keeps_the_chunks_written_before_and_the_rerun_continues(tmp
                                                                               monkeypatch):
     import errno
 
-    from trajdistill.data import traces
+    from trajdistill.data import trace_generation as traces
 
     sampler = make_sampler("hf", tiny_lm, tokenizer, batch_size=8, progress=False)
     real = traces.atomic_write_jsonl

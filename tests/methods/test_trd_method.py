@@ -152,7 +152,7 @@ def test_stage3_trains_along_y_r_with_the_refinement_prompt_as_teacher_context(t
 
 
 def test_raw_fallback_trains_on_y_o_with_the_plain_teacher_context(tmp_path, tiny_lm, tokenizer):
-    _, method = build_trd(tmp_path, tiny_lm, tokenizer)
+    _, method = build_trd(tmp_path, tiny_lm, tokenizer, "trd.fallback=raw")
     p = problems()[2]
     y_o = fake_rollout(method, p, "2 + 3 = 5, \\boxed{5}", tokenizer)
     y_r = fake_rollout(method, p, "2 + 3 = ", tokenizer, finished=False)

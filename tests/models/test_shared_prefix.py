@@ -120,6 +120,9 @@ class PositionBlindLM(torch.nn.Module):
     def forward(self, input_ids, attention_mask, position_ids=None, cache=None, **kwargs):
         return self.inner(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
 
+    def get_decoder(self):  # where the final hidden states are read (models.backbone.final_hidden)
+        return self.inner.get_decoder()
+
 
 def test_auto_shares_only_repeated_prompts_on_models_that_pass_the_probe(tiny_lm, capsys):
     prompts, _ = random_rows()
