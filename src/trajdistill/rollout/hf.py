@@ -58,8 +58,12 @@ class _RowSeededSampler:
         warped = scores.float()
         for warper in self.warpers:
             warped = warper(input_ids, warped)
-        probs = torch.softmax(warped, dim=-1)
-        chosen = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(self.generators)])
+        # Inverse CDF: one uniform per row from the row's generator (a multinomial call per row is
+        # ~16x slower over a 49k vocabulary).
+        cdf = torch.cumsum(torch.softmax(warped, dim=-1), dim=-1)
+        u = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])
+        chosen = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+        chosen = chosen.clamp(max=scores.shape[-1] - 1)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen[:, None], 0.0)
 
