@@ -23,7 +23,7 @@ def write_setup(root: Path, model_dir: str, method: str = "opsd", steps: int = 5
         for i in range(12):
             f.write(json.dumps({"id": f"q{i}", "prompt": f"What is {i} + 2?", "answer": str(i + 2),
                                 "reference": f"{i} + 2 = {i + 2}, so \\boxed{{{i + 2}}}."}) + "\n")
-    method_section = ""
+    method_section = "trd: {fallback: raw}" if method == "trd" else ""
     if method == "sft":
         sft = root / "sft.jsonl"
         sft.write_text("".join(json.dumps(r) + "\n" for r in SFT_ROWS))
@@ -162,3 +162,32 @@ def test_export_is_a_plain_transformers_model(tmp_path, tiny_model_dir):
     train(cfg, tmp_path / "run", "--set", "optim.steps=1")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_trd_killed_in_stage3_and_resumed_matches_the_uninterrupted_run(tmp_path, tiny_model_dir):
+    cfg = write_setup(tmp_path, tiny_model_dir, method="trd", steps=4)
+    train(cfg, tmp_path / "straight")
+    killed = tmp_path / "killed"
+    kill_at(cfg, killed, 2)
+    train(cfg, killed, "--resume")  # reuses its saved stage-1/2 rows (same manifest), then stage 3 resumes
+    assert_same_run(tmp_path / "straight", killed, 4)
+
+
+@pytest.mark.slow
+def test_trace_generation_killed_and_rerun_writes_the_same_traces(tmp_path, tiny_model_dir):
+    cfg = write_setup(tmp_path, tiny_model_dir)
+    generate = [sys.executable, "-m", "trajdistill.cli", "traces", "generate", str(cfg), "--problems-per-chunk", "2"]
+    subprocess.run([*generate, "-o", str(tmp_path / "straight")], check=True, env=environment(),
+                   capture_output=True, timeout=300)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*generate, "-o", str(out)], env=environment(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not list((out / "chunks").glob("chunk-000001.jsonl")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "generation ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run([*generate, "-o", str(out)], check=True, env=environment(), capture_output=True, timeout=300)
+    assert (out / "traces.jsonl").read_text() == (tmp_path / "straight" / "traces.jsonl").read_text()
