@@ -137,17 +137,17 @@ class TOPD(StepScoredDistillation):
                 "guidance_tokens": float(sum(len(s.response) for s in guide)), "guidance_sequences": float(len(guide))}
 
     def weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> tuple[torch.Tensor, float]:
-        """Per-token weight with the normaliser folded in: `u_t / N` on rollouts, `lambda_g / N_g` on branches."""
-        idx = batch.seq_index
-        u = batch.token_weights if batch.token_weights is not None else torch.ones(batch.num_tokens)
-        guide = batch.guidance[idx] if batch.guidance is not None else torch.zeros(batch.num_tokens, dtype=torch.bool)
-        w = u * batch.sample_weights[idx]  # branches carry lambda_g as their sample weight
+        """Per-token weight with the normaliser folded in: `u_t / N` on rollouts, `lambda_g / N_g` on
+        branches (which carry lambda_g as their sample weight)."""
+        w, _ = self.token_weights(batch, totals)  # w_i u_t, divided by the length under sequence aggregation
         if self.cfg.loss.aggregation == "sequence":
-            w = w / batch.lengths[idx].float()
             main_z, guide_z = totals["sequences"], totals.get("guidance_sequences", 0.0)
         else:
             main_z, guide_z = totals["tokens"], totals.get("guidance_tokens", 0.0)
-        return torch.where(guide, w / max(guide_z, 1.0), w / max(main_z, 1.0)).to(self.ctx.device), 1.0
+        if batch.guidance is None:
+            return w / max(main_z, 1.0), 1.0
+        guide = batch.guidance[batch.seq_index].to(w.device)
+        return torch.where(guide, w / max(guide_z, 1.0), w / max(main_z, 1.0)), 1.0
 
 
 def branch_points(values: torch.Tensor, candidates: torch.Tensor, m: int) -> list[list[int]]:
