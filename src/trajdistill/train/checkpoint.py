@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save
 
 from trajdistill import RunWarning
 from trajdistill.models.backbone import base_causal_lm
+from trajdistill.train.distributed import is_distributed
 
 MANIFEST = "manifest.json"
 
@@ -48,7 +49,7 @@ def is_sharded(model) -> bool:
 
 
 def _is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not is_distributed() or dist.get_rank() == 0
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

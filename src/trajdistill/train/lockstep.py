@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trajdistill.train.distributed import is_distributed
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -44,7 +46,7 @@ class DataOrder:
 
 
 def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return dict(values)
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
@@ -54,7 +56,7 @@ def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str,
 
 def merge_metric_sums(parts: list[dict[str, tuple[float, float]]]) -> dict[str, float]:
     """Combine (sum, count) pairs from every process and micro-batch into means."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, parts)
         parts = [p for proc in gathered for p in proc]
