@@ -93,39 +93,35 @@ def assert_same_run(a: Path, b: Path, steps: int) -> None:
     assert metrics(a) == metrics(b)
 
 
+def kill_resume_and_compare(root: Path, cfg: Path, steps: int, kills: list[int]) -> tuple[Path, Path]:
+    """An uninterrupted run, and one SIGKILLed once metrics.jsonl has each of `kills` lines (resuming
+    after each kill), then resumed to the end: the two must be the same run."""
+    straight, killed = root / "straight", root / "killed"
+    train(cfg, straight)
+    for i, lines in enumerate(kills):
+        kill_at(cfg, killed, lines, *(["--resume"] if i else []))
+    assert not (killed / "checkpoints" / f"step-{steps}").exists(), "killed too late to test resume"
+    train(cfg, killed, "--resume")
+    assert_same_run(straight, killed, steps)
+    return straight, killed
+
+
 @pytest.mark.slow
 def test_killed_twice_and_resumed_matches_the_uninterrupted_run(tmp_path, tiny_model_dir):
-    cfg = write_setup(tmp_path, tiny_model_dir)
-    train(cfg, tmp_path / "straight")
-    killed = tmp_path / "killed"
-    kill_at(cfg, killed, 2)
-    kill_at(cfg, killed, 4, "--resume")
-    assert not (killed / "checkpoints" / "step-5").exists(), "killed too late to test resume"
-    train(cfg, killed, "--resume")
-    assert_same_run(tmp_path / "straight", killed, 5)
+    kill_resume_and_compare(tmp_path, write_setup(tmp_path, tiny_model_dir), 5, [2, 4])
 
 
 @pytest.mark.slow
 def test_real_smollm2_killed_twice_and_resumed_exports_the_same_merged_weights(tmp_path):
     cfg = write_setup(tmp_path, "smollm2-135m-instruct", steps=4)
-    train(cfg, tmp_path / "straight")
-    killed = tmp_path / "killed"
-    kill_at(cfg, killed, 1)
-    kill_at(cfg, killed, 3, "--resume")
-    assert not (killed / "checkpoints" / "step-4").exists(), "killed too late to test resume"
-    train(cfg, killed, "--resume")
-    assert_same_run(tmp_path / "straight", killed, 4)
-    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (tmp_path / "straight", killed))
+    straight, killed = kill_resume_and_compare(tmp_path, cfg, 4, [1, 3])
+    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (straight, killed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the merged export, bit for bit
 
 
 @pytest.mark.slow
 def test_an_offline_method_killed_and_resumed_matches_the_uninterrupted_run(tmp_path, tiny_model_dir):
-    cfg = write_setup(tmp_path, tiny_model_dir, method="sft", steps=4)
-    train(cfg, tmp_path / "straight")
-    kill_at(cfg, tmp_path / "killed", 2)
-    train(cfg, tmp_path / "killed", "--resume")
-    assert_same_run(tmp_path / "straight", tmp_path / "killed", 4)
+    kill_resume_and_compare(tmp_path, write_setup(tmp_path, tiny_model_dir, method="sft", steps=4), 4, [2])
 
 
 @pytest.mark.slow
@@ -166,12 +162,8 @@ def test_export_is_a_plain_transformers_model(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_trd_killed_in_stage3_and_resumed_matches_the_uninterrupted_run(tmp_path, tiny_model_dir):
-    cfg = write_setup(tmp_path, tiny_model_dir, method="trd", steps=4)
-    train(cfg, tmp_path / "straight")
-    killed = tmp_path / "killed"
-    kill_at(cfg, killed, 2)
-    train(cfg, killed, "--resume")  # reuses its saved stage-1/2 rows (same manifest), then stage 3 resumes
-    assert_same_run(tmp_path / "straight", killed, 4)
+    # the resumed run reuses its saved stage-1/2 rows (same manifest), then stage 3 resumes
+    kill_resume_and_compare(tmp_path, write_setup(tmp_path, tiny_model_dir, method="trd", steps=4), 4, [2])
 
 
 @pytest.mark.slow
