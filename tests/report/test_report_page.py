@@ -35,3 +35,50 @@ def test_report_compares_runs_with_deltas_config_differences_and_plots(tmp_path)
     assert (tmp_path / "out" / "plots" / "kl_mean.png").exists()
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<table>" in html and "kl_mean.png" in html
+
+
+def greedy_summary(label, passed):
+    """A greedy-only evaluation with its per-problem results (what eval.runner.summarise writes)."""
+    mean = sum(passed) / len(passed)
+    return {"label": label, "problems": len(passed), "n": 1, "k": [1], "greedy": {"mean": mean, "se": 0.1},
+            "avg@1": {"mean": mean, "se": 0.1}, "pass@1": {"mean": mean, "se": 0.1},
+            "per_problem": {f"p{i}": {"greedy": v, "correct": v} for i, v in enumerate(passed)},
+            "response_tokens": {"mean": 10.0, "se": 0.0}}
+
+
+def paired(new, old):
+    """Brute force: mean and standard error (n - 1) of the per-problem differences, in points."""
+    d = [a - b for a, b in zip(new, old)]
+    m = sum(d) / len(d)
+    se = (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+    return f"{100 * m:+.1f} ± {100 * se:.1f}"
+
+
+def test_report_gives_paired_changes_vs_base_and_between_every_pair_of_runs(tmp_path):
+    base = [0, 0, 1, 0, 1, 0, 0, 1, 0, 0]
+    results = {"a": [1, 0, 1, 0, 1, 1, 0, 1, 0, 0], "b": [0, 1, 1, 1, 1, 0, 0, 1, 1, 0],
+               "c": [0, 0, 0, 0, 1, 0, 0, 1, 0, 0]}
+    runs = []
+    for name, passed in results.items():
+        run = tmp_path / name
+        (run / "eval").mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"method": "sft", "name": name}))
+        (run / "eval" / "before.json").write_text(json.dumps(greedy_summary("before", base)))
+        (run / "eval" / "after.json").write_text(json.dumps(greedy_summary("after", passed)))
+        runs.append(run)
+    text = build_report(runs, tmp_path / "out").read_text()
+    rows = {line.split(" | ")[0][2:]: line 
+            for line in text.split("## Paired")[0].splitlines() if line.startswith("| ")}
+    for name, passed in results.items():
+        assert rows[name].startswith(f"| {name} | {10 * sum(passed):.1f} ± 10.0 | ")
+        assert rows[name].endswith(f" | {paired(passed, base)} |")  # Δ vs base, paired
+    pairwise = text.split("## Paired differences between runs")[1].split("##")[0]
+    a, b, c = results["a"], results["b"], results["c"]
+    assert f"| a | · | {paired(a, b)} | {paired(a, c)} |" in pairwise
+    assert f"| b | {paired(b, a)} | · | {paired(b, c)} |" in pairwise
+    assert f"| c | {paired(c, a)} | {paired(c, b)} | · |" in pairwise
+    # evaluations of different problem sets cannot be paired, and say so
+    other = greedy_summary("after", [1, 1, 0])
+    (runs[2] / "eval" / "after.json").write_text(json.dumps(other))
+    text = build_report(runs, tmp_path / "out2").read_text()
+    assert "(unpaired)" in text

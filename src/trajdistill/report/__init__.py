@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from trajdistill import UserError
-from trajdistill.eval.runner import fmt, metric_columns
+from trajdistill.eval.runner import fmt, metric_columns, paired_change
 from trajdistill.files import atomic_write_text, read_jsonl
 
 
@@ -48,28 +48,58 @@ def config_differences(runs: list[dict]) -> list[tuple[str, list[object]]]:
     return [(k, [f.get(k) for f in flat]) for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
 
 
-def results_table(runs: list[dict], metric: str | None = None) -> str:
-    """Rows: base model then each run's final model; columns: accuracy metrics; delta to base."""
-    rows = []
+def _rows(runs: list[dict]) -> tuple[dict | None, list[tuple[str, dict]]]:
+    """The base model (the first `before` evaluation) and each run's final model."""
     base = next((r["evals"]["before"] for r in runs if "before" in r["evals"]), None)
-    if base:
-        rows.append(("base", base))
-    for r in runs:
-        if "after" in r["evals"]:
-            rows.append((r["name"], r["evals"]["after"]))
+    rows = [("base", base)] if base else []
+    return base, rows + [(r["name"], r["evals"]["after"]) for r in runs if "after" in r["evals"]]
+
+
+def _change(new: dict, old: dict, column: str) -> str:
+    """`new - old` in points: paired (± SE of the per-problem differences) when both evaluations
+    scored the same problems, else the plain difference of the means marked `(unpaired)`."""
+    paired = paired_change(old, new, column)
+    if paired is not None:
+        return f"{100 * paired['mean']:+.1f} ± {100 * paired['se']:.1f}"
+    if new.get(column) and old.get(column):
+        return f"{100 * (new[column]['mean'] - old[column]['mean']):+.1f} (unpaired)"
+    return "-"
+
+
+def results_table(runs: list[dict]) -> str:
+    """Rows: base model then each run's final model; columns: accuracy metrics; change vs base."""
+    base, rows = _rows(runs)
     if not rows:
         return "_no evaluations found_\n"
     cols = metric_columns(rows[0][1])
-    head = "| method | " + " | ".join(cols) + " | Δ " + cols[0] + " vs base |"
+    head = "| method | " + " | ".join(cols) + " | Δ " + cols[0] + " vs base (paired) |"
     lines = [head, "|---" * (len(cols) + 2) + "|"]
     for name, summary in rows:
         cells = [fmt(summary.get(c)) for c in cols]
-        delta = "-"
-        if base and name != "base" and summary.get(cols[0]) and base.get(cols[0]):
-            delta = f"{100 * (summary[cols[0]]['mean'] - base[cols[0]]['mean']):+.1f}"
+        delta = _change(summary, base, cols[0]) if base and name != "base" else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
     problems = rows[0][1].get("problems")
-    return f"Held-out problems: {problems}; accuracy in %, mean ± standard error.\n\n" + "\n".join(lines) + "\n"
+    return (f"Held-out problems: {problems}; accuracy in %, mean ± standard error over problems "
+            "([± x]: REDI's error bar over the k sampled runs). Changes are means of per-problem "
+            "differences ± their standard error.\n\n" + "\n".join(lines) + "\n")
+
+
+def pairwise_table(runs: list[dict]) -> str:
+    """Every trained run against every other on the first metric: row minus column, paired.
+
+    Two methods evaluated on the same problems differ by far less noise than their two error bars
+    suggest; this is the table that says whether one beat the other."""
+    _, rows = _rows(runs)
+    rows = [(n, s) for n, s in rows if n != "base"]
+    if len(rows) < 2:
+        return ""
+    col = metric_columns(rows[0][1])[0]
+    lines = [f"Δ {col} (row − column), points, mean ± SE of per-problem differences:", "",
+             "| run | " + " | ".join(n for n, _ in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for name, summary in rows:
+        cells = ["·" if other is summary else _change(summary, other, col) for _, other in rows]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 CURVES = ["loss", "kl/mean", "kl/correct", "kl/incorrect", "rollout/pass_rate", "rollout/response_len",
@@ -117,7 +147,11 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "trajdistill 
     plots_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_curves(runs, plots_dir)
     diffs = config_differences(runs)
-    md = [f"# {title}", "", "## Held-out results", "", results_table(runs), "## Configuration differences", ""]
+    md = [f"# {title}", "", "## Held-out results", "", results_table(runs)]
+    pairwise = pairwise_table(runs)
+    if pairwise:
+        md += ["## Paired differences between runs", "", pairwise]
+    md += ["## Configuration differences", ""]
     if diffs:
         md.append("| field | " + " | ".join(r["name"] for r in runs) + " |")
         md.append("|---" * (len(runs) + 1) + "|")
