@@ -35,11 +35,14 @@ def train(
     sets = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
     cfg = load_config(config, sets)  # every config error, before any heavy library loads
     quiet_libraries()
+    from trajdistill.train.distributed import finish_process, launched_processes
     from trajdistill.train.loop import RunStopped
     from trajdistill.train.run import train_command
 
     try:
         train_command(cfg, resume=resume)
+        if launched_processes() > 1:
+            finish_process(0)
     except RunStopped as stopped:
         again = ["trajdistill", "train", str(config), *(f"--set={s}" for s in overrides or []),
                  "-o", cfg.output_dir, "--resume"]

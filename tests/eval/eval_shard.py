@@ -13,6 +13,7 @@ from trajdistill.eval.runner import evaluate
 from trajdistill.models import load_tokenizer, tiny_model
 from trajdistill.records import Problem, Verdict
 from trajdistill.rollout import make_sampler
+from trajdistill.train.distributed import finish_process
 from trajdistill.verify import Verifiers
 
 
@@ -33,6 +34,7 @@ def main(out_dir: str) -> None:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+        finish_process(0)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from trajdistill.methods.base import StepResult
 from trajdistill.models import load_tokenizer, tiny_model
 from trajdistill.train.batch import TrainSequence
 from trajdistill.train.checkpoint import export_model, trainable_state
+from trajdistill.train.distributed import finish_process
 from trajdistill.train.loop import Trainer
 from trajdistill.train.run import build
 
@@ -79,6 +80,7 @@ def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora
     if accelerator:  # a clean teardown: a rank exiting while gloo threads run aborts the process
         accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
+        finish_process(0)
 
 
 if __name__ == "__main__":
