@@ -8,7 +8,8 @@ import torch
 
 from trajdistill.config import LoraSpec, load_config
 from trajdistill.models.lora import apply_lora
-from trajdistill.models.shared_prefix import PrefixSharing, group_rows, shared_prefix_hidden, unshared_hidden
+from trajdistill.models.shared_prefix import (PrefixSharing, _right_padded, group_rows, padding, shared_prefix_hidden,
+                                              unshared_hidden)
 from trajdistill.records import Problem
 from trajdistill.teacher import AdapterOffTeacher
 from trajdistill.train.batch import TrainSequence, collate
@@ -202,3 +203,16 @@ def test_share_prefix_off_runs_every_row_whole_as_before(tmp_path, tiny_lm, toke
         student = final_hidden(ctx.model, s.input_ids, s.attention_mask)[s.rows, s.cols]
         teacher = ctx.teacher.hidden(t.input_ids, t.attention_mask, t.rows, t.cols)
     assert torch.equal(got.student, student) and torch.equal(got.teacher, teacher)
+
+
+def test_padding_counts_the_masked_slots_of_the_tensors_each_path_builds():
+    prompts = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [7, 8], [7, 8], [9]]
+    responses = [[10, 11], [12], [13, 14, 15, 16], [17, 18, 19], [20, 21]]
+    _, mask = _right_padded([p + r for p, r in zip(prompts, responses)], 0)
+    assert padding(prompts, responses, shared=False) == (int((mask == 0).sum()), mask.numel())
+    distinct, _ = group_rows(prompts)
+    _, p_mask = _right_padded(distinct, 0)  # what shared_prefix_hidden runs: distinct prompts, then responses
+    _, r_mask = _right_padded([r[:-1] for r in responses], 0)
+    assert padding(prompts, responses, shared=True) == (int((p_mask == 0).sum() + (r_mask == 0).sum()),
+                                                        p_mask.numel() + r_mask.numel())
+    assert padding(prompts, responses, shared=True) == ((0 + 3 + 4) + (2 + 3 + 0 + 1 + 2), 3 * 5 + 5 * 3)

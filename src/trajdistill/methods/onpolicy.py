@@ -24,7 +24,7 @@ from trajdistill.methods.base import Method, StepResult, TeacherKind
 from trajdistill.methods.onpolicy_metrics import divergence_metrics, rollout_metrics
 from trajdistill.methods.onpolicy_options import OnPolicyOptions, SettingOptions
 from trajdistill.models.backbone import final_hidden, lm_head_weight
-from trajdistill.models.shared_prefix import PrefixSharing, shared_prefix_hidden
+from trajdistill.models.shared_prefix import PrefixSharing, padding, shared_prefix_hidden
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
 from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
@@ -245,6 +245,9 @@ class OnPolicyDistillation(Method):
         weights, normalizer = self.weights(seqs, batch, totals)
         loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
         metrics = divergence_metrics(per_token.detach().float().cpu(), batch)
+        prompts = [q.student_prompt for q in seqs]
+        metrics["batch/padding"] = padding(prompts, [q.response for q in seqs],
+                                           self.prefix_sharing.use(self.ctx.model, prompts))
         metrics.update(self.diagnostics(hidden, batch))
         metrics.update(self.extra_metrics(per_token.detach().float().cpu(), batch, seqs))
         return loss, metrics

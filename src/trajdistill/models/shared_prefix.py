@@ -105,6 +105,21 @@ def shared_prefix_hidden(model, prompts: list[list[int]], responses: list[list[i
     return flat[torch.tensor(index, dtype=torch.long, device=device)]
 
 
+def padding(prompts: list[list[int]], responses: list[list[int]], shared: bool) -> tuple[int, int]:
+    """`(padded, computed)` token positions of one forward over these rows: right-padded rows of
+    prompt + response, or, shared, the distinct prompts' pass plus the responses' pass."""
+    if not shared:
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+        computed = len(lengths) * max(lengths, default=0)
+        return computed - sum(lengths), computed
+    distinct, _ = group_rows(prompts)
+    feed = [len(r) - 1 for r in responses]
+    prompt_slots = len(distinct) * max((len(p) for p in distinct), default=0)
+    response_slots = len(feed) * max(feed, default=0)
+    real = sum(len(p) for p in distinct) + sum(feed)
+    return prompt_slots + response_slots - real, prompt_slots + response_slots
+
+
 def unshared_hidden(model, prompts: list[list[int]], responses: list[list[int]], device,
                     pad_id: int = 0) -> torch.Tensor:
     """The row-by-row forward `shared_prefix_hidden` must reproduce (same output layout)."""
