@@ -1,3 +1,9 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from trajdistill.records import Problem
@@ -94,3 +100,19 @@ def test_seeded_rows_sample_the_same_distribution_as_hf_generate(tiny_lm, tokeni
         # each frequency within 4 binomial standard errors of the exact probability
         se = torch.sqrt(probs * (1 - probs) / len(rollouts))
         assert torch.all((counts / len(rollouts) - probs).abs() <= 4 * se + 1e-9), (counts, probs)
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_generation_with_uneven_work_per_process_matches_the_full_model(tmp_path):
+    """Sharded weights are gathered layer by layer in every forward, collectively: a process with
+    fewer or shorter generations must keep stepping until the others finish (else a deadlock)."""
+    script = os.path.join(os.path.dirname(__file__), "hf_sharded.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run([sys.executable, script, str(tmp_path / "one")], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543",
+                    script, str(tmp_path / "two")], check=True, env=env, timeout=300)
+    for rank, (count, tokens) in enumerate([(3, 6), (1, 11)]):
+        one, two = (json.loads((tmp_path / d / f"rank{rank}.json").read_text()) for d in ("one", "two"))
+        assert [len(r) for r in one] == [tokens] * count
+        assert two == one  # greedy: the sharded model generates the full model's tokens

@@ -184,3 +184,16 @@ def test_vllm_engine_in_a_child_process_syncs_through_a_file(tokenizer, prompts)
     finally:
         sampler.close()
     assert not sampler._dir.exists()
+
+
+def test_vllm_seeded_sampling_of_more_prompt_tokens_than_one_step_takes(engine, student, tokenizer):
+    """Seeded requests whose prompts overflow one scheduler step: on CPU a prefill split across
+    steps crashed the engine (its generators cannot rewind), so the sampler schedules whole prompts."""
+    engine.sync(student)
+    budget = engine.engine.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    prompt = tokenizer("one two three four five six seven eight nine ten " * 9)["input_ids"][:90]
+    prompts = [[7 + i] + prompt for i in range(budget // len(prompt) + 4)]
+    params = SamplingParams(n=2, temperature=0.7, max_new_tokens=3, seed=5)
+    rollouts = engine.sample(prompts, params)
+    assert len(rollouts) == 2 * len(prompts) and all(len(r.response_ids) == 3 for r in rollouts)
+    assert [r.response_ids for r in engine.sample(prompts, params)] == [r.response_ids for r in rollouts]

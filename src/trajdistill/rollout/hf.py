@@ -100,7 +100,9 @@ class HFSampler:
         try:
             with self.context(), Progress(transient=True, disable=not self.progress) as bar:
                 task = bar.add_task("sampling", total=len(jobs))
-                for start in range(0, len(order), self.batch_size):
+                starts = list(range(0, len(order), self.batch_size))
+                behind = self._calls_behind(len(starts))  # agreed before any process starts generating
+                for start in starts:
                     chunk = order[start : start + self.batch_size]
                     batch_prompts = [prompts[jobs[i][0]] for i in chunk]
                     row_seeds = ([params.prompt_seeds[jobs[i][0]] + jobs[i][1] for i in chunk]
@@ -110,9 +112,35 @@ class HFSampler:
                         rollout.sample_index = jobs[i][1]
                         results[i] = rollout
                     bar.advance(task, len(chunk))
+                for _ in range(behind):
+                    self._generate([prompts[0] if prompts else [self._pad_id()]], params)  # keeps the others going
         finally:
             self.model.train(was_training)
         return [r for r in results if r is not None]
+
+    def _sharded(self) -> bool:
+        """FSDP-sharded weights: every forward gathers layers collectively, so every process must
+        run the same number of `generate` calls and of decoding steps."""
+        from torch.distributed.tensor import DTensor
+
+        from trajdistill.train.distributed import is_distributed
+
+        return is_distributed() and any(isinstance(p, DTensor) for p in self.model.parameters())
+
+    def _calls_behind(self, calls: int) -> int:
+        """How many `generate` calls this process must add so that all processes make as many as
+        the busiest one (0 unless the weights are sharded)."""
+        if not self._sharded():
+            return 0
+        import torch.distributed as dist
+
+        most = torch.tensor([calls], dtype=torch.long)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most) - calls
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     @torch.no_grad()
     def _generate(self, prompts: list[list[int]], params: SamplingParams,
@@ -120,7 +148,7 @@ class HFSampler:
         from transformers import GenerationConfig, LogitsProcessorList
 
         tok = self.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad_id = self._pad_id()
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -147,6 +175,7 @@ class HFSampler:
             attention_mask=attention.to(self.device),
             generation_config=config,
             logits_processor=LogitsProcessorList(processors),
+            synced_gpus=self._sharded(),  # a process that is done keeps stepping until all are
         )
         generated = out[:, width:].cpu()
         logprobs = recorder.finish(out[:, -1]).cpu() if generated.shape[1] else None

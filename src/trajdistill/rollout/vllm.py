@@ -186,6 +186,10 @@ class VLLMSampler:
             kv_cache_memory_bytes=int(kv_gb * 2**30) if kv_gb is not None else None,
             enforce_eager=opts.enforce_eager if opts.enforce_eager is not None else on_cpu,
             seed=opts.seed,
+            # vLLM's CPU runner cannot rewind a seeded request's generator after a prefill split
+            # across steps ("CPU Generator does not use offset", as soon as one step's prompts
+            # exceed the token budget): whole prompts only on CPU.
+            enable_chunked_prefill=False if on_cpu else None,
             logprobs_mode="processed_logprobs",
             generation_config="vllm",  # the model directory's sampling defaults never apply
             load_format="safetensors",
