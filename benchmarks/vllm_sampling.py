@@ -1,8 +1,8 @@
 """HF `generate` vs the vLLM engine at the demo's sizes, on the embedded SmolLM2-135M-Instruct (LoRA).
 
 Workloads (every sequence generates exactly `--tokens` tokens, EOS ignored, so both backends do the
-same work): one training step's rollouts (6 problems x 4 samples, T=1, top-k 20, top-p 0.95, which
-vLLM follows with a re-scoring forward pass for exact log-probs) and one evaluation (64 problems
+same work): one training step's rollouts (6 problems x 4 samples, T=1, top-k 20, top-p 0.95; the
+forward pass that would re-score them for exact log-probs is timed apart, as only ReNIO needs it) and one evaluation (64 problems
 greedy, then 64 x 4 samples at T=0.7). Also the engine's start-up, a weight sync after a change
 and a sync with unchanged weights. Prints one Markdown table. Run it in the vLLM env:
 `make bench-vllm`, or .venv-vllm/bin/python benchmarks/vllm_sampling.py [--dtype float32]
@@ -95,7 +95,8 @@ def main() -> None:
         tokens = len(p) * params.n * args.tokens
         print(f"| {name} | {tokens} | {h:.1f} | {tokens / h:.0f} | {v:.1f} | {tokens / v:.0f} | {h / v:.2f}x |")
     print(f"| vLLM engine start (in-process, eager; incl. writing the model to /dev/shm) | | | | {start_s:.1f} | | |")
-    print(f"| of the train step: re-scoring forward pass for exact log-probs | | | | {rescore_s:.2f} | | |")
+    print(f"| re-scoring forward pass for exact log-probs under top-k/top-p (not in the step above; only "
+          f"`rescore_logprobs: true`, or ReNIO) | | | | {rescore_s:.2f} | | |")
     print(f"| weight sync after a change (LoRA merge + reload_weights) | | | | {sync_s:.2f} | | |")
     print(f"| sync with unchanged weights (fingerprint only) | | | | {skip_s:.3f} | | |")
 

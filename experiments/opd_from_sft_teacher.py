@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="traces per problem")
     ap.add_argument("--tokens", type=int, default=64, help="sampling and evaluation budget")
     ap.add_argument("--eval", type=int, default=256, help="held-out problems (greedy accuracy needs >= 256)")
+    ap.add_argument("--k", default="1", help="sampled evaluation: k values, comma-separated (greedy always)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--per-step", type=int, default=6, help="problems per OPD step")
     ap.add_argument("--lr", default="1e-3")
@@ -48,7 +49,7 @@ def main() -> None:
     from trajdistill.train.run import train_command
 
     out = Path(args.out)
-    held_out = [f"data.held_out={args.eval}", f"data.max_eval={args.eval}"]
+    held_out = [f"data.held_out={args.eval}", f"data.max_eval={args.eval}", f"eval.k=[{args.k}]"]
     common = [*DEMO_PROMPTS, *held_out, f"sampling.max_new_tokens={args.tokens}", f"eval.max_new_tokens={args.tokens}"]
     traces, data = out / "traces", out / "data"
     if not (traces / "traces.jsonl").exists():

@@ -156,3 +156,31 @@ def test_a_few_renio_steps_lower_the_weighted_loss(preset, tmp_path, tiny_lm, to
         loss.backward()
         optimizer.step()
     assert losses[-1] < losses[0], losses
+
+
+def test_rollouts_without_sampler_logprobs_get_the_students_own_at_the_sampling_temperature(
+        tmp_path, tiny_lm, tokenizer):
+    """The vLLM backend leaves log-probs out when top-k/top-p truncate its own (no re-scoring by
+    default): ReNIO then scores the rollouts with the student's forward pass, which must give the
+    sampler's full-vocabulary log-probs at the sampling temperature."""
+    import copy
+
+    _, ctx, method = build_tiny(tmp_path, tiny_lm, tokenizer, "renio.outcome_filter=incorrect")
+    first = method.collect(problems(), step=0)
+    stripped = [copy.deepcopy(r) for r in first.rollouts]
+    for r in stripped:
+        r.logprobs, r.score = None, None
+    calls = []
+
+    def sample_without_logprobs(prompts, params, problem_ids=None):
+        calls.append(len(prompts))
+        return copy.deepcopy(stripped)
+
+    ctx.sampler.sample = sample_without_logprobs
+    again = method.collect(problems(), step=0)
+    assert calls == [len(problems())]
+    assert [u.response for u in again.units] == [u.response for u in first.units]
+    assert again.units and all(s.student_logprobs is not None for s in again.units)
+    for a, b in zip(first.units, again.units):
+        torch.testing.assert_close(b.student_logprobs.float(), a.student_logprobs.float(), atol=1e-4, rtol=0)
+    assert again.metrics["renio/auc"] == first.metrics["renio/auc"]

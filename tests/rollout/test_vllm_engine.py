@@ -43,7 +43,8 @@ def student(tokenizer):
 def engine(student, tokenizer):
     from trajdistill.rollout.vllm import VLLMSampler
 
-    sampler = VLLMSampler(student, tokenizer, dtype="float32", max_model_len=512, kv_cache_gb=1)
+    sampler = VLLMSampler(student, tokenizer, dtype="float32", max_model_len=512, kv_cache_gb=1,
+                          rescore_logprobs=True)
     yield sampler
     sampler.close()
 
@@ -197,3 +198,19 @@ def test_vllm_seeded_sampling_of_more_prompt_tokens_than_one_step_takes(engine, 
     rollouts = engine.sample(prompts, params)
     assert len(rollouts) == 2 * len(prompts) and all(len(r.response_ids) == 3 for r in rollouts)
     assert [r.response_ids for r in engine.sample(prompts, params)] == [r.response_ids for r in rollouts]
+
+
+def test_vllm_without_rescoring_gives_no_logprobs_where_its_own_are_truncated(engine, student, prompts):
+    from dataclasses import replace
+
+    engine.sync(student)
+    kept = engine.options
+    engine.options = replace(kept, rescore_logprobs=False)  # the default
+    try:
+        truncated = engine.sample(prompts, SamplingParams(n=1, temperature=0.7, top_k=20, max_new_tokens=6, seed=1))
+        full = engine.sample(prompts, SamplingParams(n=1, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=6,
+                                                     seed=1))
+    finally:
+        engine.options = kept
+    assert all(r.logprobs is None for r in truncated)  # never renormalised ones passed off as exact
+    assert all(r.logprobs is not None and len(r.logprobs) == len(r.response_ids) for r in full)

@@ -64,9 +64,10 @@ class VLLMOptions:
     None: every core this process may run on, none reserved. In-process the trainer shares them."""
     seed: int = 0
     """Engine seed for requests without their own (`SamplingParams.seed` None)."""
-    rescore_logprobs: bool = True
+    rescore_logprobs: bool = False
     """With top-k or top-p on, re-score rollouts with the student's forward pass (exact, costs one
-    forward pass); False leaves `logprobs` None there, for callers that re-score themselves."""
+    forward pass); False (default) leaves `logprobs` None there: callers that need them (ReNIO)
+    compute them with that same forward pass, the others skip it."""
 
 
 def vllm_sampling_kwargs(params: SamplingParams, *, logprobs: bool = True) -> dict[str, Any]:
