@@ -181,3 +181,12 @@ def test_a_full_disk_anywhere_is_one_line_naming_the_file(capsys):
     assert exit_.value.exit_code == 1
     assert capsys.readouterr().err == ("error: no space left on device writing runs/x/eval/after.json; "
                                        "free some space and run the command again\n")
+
+
+def test_eval_takes_config_overrides_and_names_a_bad_one(tmp_path):
+    line = one_error_line(run("eval", "--data", "builtin:arith", "--model", str(tmp_path / "no-model"),
+                              "--set", "sampling.backend=vlm"))
+    assert "sampling.backend" in line
+    line = one_error_line(run("eval", "--data", "builtin:arith", "--model", str(tmp_path / "no-model"),
+                              "--set", "eval.grading=lenient", "--set", "data.held_out=0.5", "--limit", "2"))
+    assert "no-model" in line  # the overrides were accepted: it got as far as loading the model

@@ -69,6 +69,7 @@ def eval_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Take prompt/data/eval settings from a preset."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Output folder."),
     label: Optional[str] = typer.Option(None, help="Name of this evaluation in tables (default: the model)."),
+    overrides: Optional[list[str]] = Overrides,
 ):
     """Sample k answers per problem, verify them, report Avg@k and Pass@k with standard errors."""
     from pydantic import ValidationError
@@ -83,7 +84,7 @@ def eval_cmd(
     if limit is not None and limit < 0:
         raise UserError(f"--limit must be a count of problems (0 for all), got {limit}")
     # The data is checked before torch and the model load, so a bad file fails in a second.
-    cfg = load_config(config) if config else load_config(None)
+    cfg = load_config(config, list(overrides or []))
     problems = load_problems(data, fields=cfg.data.fields or None)
     if split != "all":
         train_part, held = split_problems(problems, held_out=cfg.data.held_out, seed=cfg.data.split_seed)
@@ -102,12 +103,12 @@ def eval_cmd(
     quiet_libraries()
     from trajdistill.eval.runner import evaluate, summary_markdown
     from trajdistill.models import load_model, load_tokenizer
-    from trajdistill.rollout import make_sampler
+    from trajdistill.rollout import sampler_for
     from trajdistill.verify import Verifiers
 
     tok = load_tokenizer(model)
     lm = load_model(model)
-    sampler = make_sampler(cfg.sampling.backend, lm, tok, batch_size=batch_size)
+    sampler = sampler_for(cfg.sampling, lm, tok, batch_size=batch_size, progress=True)
     verifiers = Verifiers({"math": {"grading": grading or cfg.eval.grading}})
     summary = evaluate(sampler, tok, problems, spec, cfg.prompt, verifiers, out_dir=out,
                        label=label or Path(model).name)

@@ -40,7 +40,7 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
 
     from trajdistill.data.traces import TraceSettings, generate_traces, trace_summary
     from trajdistill.models import load_model, load_tokenizer, resolve_device
-    from trajdistill.rollout import make_sampler
+    from trajdistill.rollout import sampler_for
     from trajdistill.train.run import load_run_problems
     from trajdistill.verify import Verifiers
 
@@ -59,7 +59,7 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
     settings = TraceSettings(teacher=str(name), context=cfg.traces.context, n=s.n, temperature=s.temperature,
                              top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
                              instruction=p.instruction, system=p.system, privileged=p.privileged, seed=cfg.seed)
-    sampler = make_sampler(s.backend, model, tokenizer, batch_size=s.batch_size, progress=False)
+    sampler = sampler_for(s, model, tokenizer)
     console.print(f"traces: {len(problems)} problems x {s.n} from {name} ({settings.context} context) -> {out}")
     rows = generate_traces(problems, sampler, tokenizer, verify or Verifiers({"math": {"grading": cfg.eval.grading}}), out, settings,
                            problems_per_chunk=problems_per_chunk,

@@ -69,6 +69,19 @@ def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progre
     raise UserError(f"unknown sampling backend '{backend}' (choose hf or vllm)")
 
 
+def sampler_for(spec, model, tokenizer, *, batch_size: int | None = None, progress: bool = False,
+                context: Callable[[], ContextManager] | None = None) -> Sampler:
+    """The sampler a config's `sampling` section asks for (backend, batch size, `sampling.vllm`),
+    so training, `traces generate` and `eval` configure the engine the same way."""
+    vllm_options = None
+    if spec.backend == "vllm":
+        from trajdistill.rollout.vllm import VLLMOptions
+
+        vllm_options = VLLMOptions(**spec.vllm.model_dump())
+    return make_sampler(spec.backend, model, tokenizer, batch_size=batch_size or spec.batch_size,
+                        progress=progress, context=context, vllm_options=vllm_options)
+
+
 class LazySampler:
     """A sampler built on first use (the teacher's: a second vLLM engine costs memory and start-up
     time, and most methods never sample from the teacher)."""

@@ -19,7 +19,7 @@ from trajdistill.methods.base import MethodContext
 from trajdistill.models import load_model, load_tokenizer, resolve_device
 from trajdistill.models.lora import apply_lora
 from trajdistill.records import Problem
-from trajdistill.rollout import make_sampler
+from trajdistill.rollout import sampler_for
 from trajdistill.rollout.sampler import LazySampler
 from trajdistill.teacher import AdapterOffTeacher, FrozenCopyTeacher, SeparateTeacher
 from trajdistill.train import preflight
@@ -140,23 +140,13 @@ def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
                         rank=accelerator.process_index if accelerator else 0,
                         world=accelerator.num_processes if accelerator else 1)
     # One long-lived sampler per run: the method's rollouts and every evaluation.
-    s = cfg.sampling
-    vllm_options = vllm_options_of(s) if s.backend == "vllm" else None
-    ctx.sampler = make_sampler(s.backend, model, tokenizer, batch_size=s.batch_size, progress=False,
-                               vllm_options=vllm_options)
+    ctx.sampler = sampler_for(cfg.sampling, model, tokenizer)
     ctx.teacher = build_teacher(cfg, cls.teacher_kind(cfg.options), model, tokenizer, device)
     if ctx.teacher is not None:  # built on first use: most methods never sample from the teacher
         teacher = ctx.teacher
-        ctx.teacher_sampler = LazySampler(lambda: make_sampler(
-            s.backend, teacher.model, tokenizer, batch_size=s.batch_size, progress=False,
-            context=teacher.as_teacher, vllm_options=vllm_options))
+        ctx.teacher_sampler = LazySampler(lambda: sampler_for(cfg.sampling, teacher.model, tokenizer,
+                                                              context=teacher.as_teacher))
     return ctx, cls(ctx), accelerator
-
-
-def vllm_options_of(spec):
-    from trajdistill.rollout.vllm import VLLMOptions
-
-    return VLLMOptions(**spec.vllm.model_dump())
 
 
 def make_verifiers(cfg: RunConfig) -> Verifiers:
