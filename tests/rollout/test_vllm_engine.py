@@ -170,23 +170,6 @@ def test_vllm_engine_starts_once_and_syncs_only_changed_weights(engine, student,
           f"unchanged sync {skipped * 1000:.1f}ms")
 
 
-def test_vllm_engine_in_a_child_process_syncs_through_a_file(tokenizer, prompts):
-    from trajdistill.rollout.vllm import VLLMSampler
-
-    first, second = small_model(tokenizer), tiny_model(tokenizer, seed=1, heads=1)
-    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=16)
-    sampler = VLLMSampler(first, tokenizer, dtype="float32", max_model_len=512, kv_cache_gb=1, multiprocess=True)
-    try:
-        expected = [r.response_ids for r in HFSampler(second, tokenizer, progress=False).sample(prompts, greedy)]
-        assert [r.response_ids for r in sampler.sample(prompts, greedy)] != expected
-        sampler.sync(second)
-        assert [r.response_ids for r in sampler.sample(prompts, greedy)] == expected
-        print(f"child-process engine start {sampler.start_seconds:.1f}s, sync {sampler.sync_seconds[-1] * 1000:.0f}ms")
-    finally:
-        sampler.close()
-    assert not sampler._dir.exists()
-
-
 def test_vllm_seeded_sampling_of_more_prompt_tokens_than_one_step_takes(engine, student, tokenizer):
     """Seeded requests whose prompts overflow one scheduler step: on CPU a prefill split across
     steps crashed the engine (its generators cannot rewind), so the sampler schedules whole prompts."""
@@ -214,3 +197,22 @@ def test_vllm_without_rescoring_gives_no_logprobs_where_its_own_are_truncated(en
         engine.options = kept
     assert all(r.logprobs is None for r in truncated)  # never renormalised ones passed off as exact
     assert all(r.logprobs is not None and len(r.logprobs) == len(r.response_ids) for r in full)
+
+
+# Last: after the child-process engine, the module's in-process engine above fails with "pipeline
+# model parallel group is not initialized" (vLLM's process-wide state); engines started later work.
+def test_vllm_engine_in_a_child_process_syncs_through_a_file(tokenizer, prompts):
+    from trajdistill.rollout.vllm import VLLMSampler
+
+    first, second = small_model(tokenizer), tiny_model(tokenizer, seed=1, heads=1)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=16)
+    sampler = VLLMSampler(first, tokenizer, dtype="float32", max_model_len=512, kv_cache_gb=1, multiprocess=True)
+    try:
+        expected = [r.response_ids for r in HFSampler(second, tokenizer, progress=False).sample(prompts, greedy)]
+        assert [r.response_ids for r in sampler.sample(prompts, greedy)] != expected
+        sampler.sync(second)
+        assert [r.response_ids for r in sampler.sample(prompts, greedy)] == expected
+        print(f"child-process engine start {sampler.start_seconds:.1f}s, sync {sampler.sync_seconds[-1] * 1000:.0f}ms")
+    finally:
+        sampler.close()
+    assert not sampler._dir.exists()
