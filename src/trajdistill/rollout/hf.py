@@ -134,7 +134,7 @@ class HFSampler:
             return 0
         import torch.distributed as dist
 
-        most = torch.tensor([calls], dtype=torch.long)
+        most = torch.tensor([calls], dtype=torch.long, device=self.device)  # NCCL reduces device tensors only
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         return int(most) - calls
 
