@@ -32,8 +32,6 @@ def main(out_dir: str) -> None:
     evaluate(sampler, tok, problems, spec, PromptSpec(), verify, out_dir=out_dir, label="eval",
              rank=rank, world=world)
     if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
         finish_process(0)
 
 

@@ -47,8 +47,6 @@ def main(out: str) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, f"rank{rank}.json").write_text(json.dumps([r.response_ids for r in rollouts]))
     if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
         finish_process(0)
 
 

@@ -78,8 +78,6 @@ def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora
         state["loss"] = torch.tensor(losses, dtype=torch.float64)
         save_file(state, out)
     if accelerator:  # a clean teardown: a rank exiting while gloo threads run aborts the process
-        accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
         finish_process(0)
 
 

@@ -24,6 +24,7 @@ from trajdistill.rollout.sampler import LazySampler
 from trajdistill.teacher import AdapterOffTeacher, FrozenCopyTeacher, SeparateTeacher
 from trajdistill.train import preflight
 from trajdistill.train.checkpoint import export_model
+from trajdistill.train.distributed import end_process_group
 from trajdistill.train.loop import Trainer
 from trajdistill.train.tracking import Trackers
 from trajdistill.train.progress import RunLog, eval_line
@@ -234,7 +235,5 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
             console.print(f"\n[bold]{cfg.method}[/] on {cfg.data.train} ({len(problems.eval)} held-out problems), "
                           f"{elapsed / 60:.1f} min\n{table}")
         trackers.close()
-    if accelerator:
-        accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()  # exiting with live gloo threads aborts
+    end_process_group()
     return summaries
