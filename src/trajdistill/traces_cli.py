@@ -41,8 +41,7 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
     from trajdistill.data.traces import TraceSettings, generate_traces, trace_summary
     from trajdistill.models import load_model, load_tokenizer, resolve_device
     from trajdistill.rollout import sampler_for
-    from trajdistill.train.run import load_run_problems
-    from trajdistill.verify import Verifiers
+    from trajdistill.train.run import load_run_problems, make_verifiers
 
     console = Console(stderr=True)
     spec = cfg.teacher or cfg.model
@@ -61,7 +60,7 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
                              instruction=p.instruction, system=p.system, privileged=p.privileged, seed=cfg.seed)
     sampler = sampler_for(s, model, tokenizer)
     console.print(f"traces: {len(problems)} problems x {s.n} from {name} ({settings.context} context) -> {out}")
-    rows = generate_traces(problems, sampler, tokenizer, verify or Verifiers({"math": {"grading": cfg.eval.grading}}), out, settings,
+    rows = generate_traces(problems, sampler, tokenizer, verify or make_verifiers(cfg), out, settings,
                            problems_per_chunk=problems_per_chunk,
                            progress=lambda done, total: console.print(f"  {done}/{total} problems"))
     summary = trace_summary(rows)
