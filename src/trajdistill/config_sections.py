@@ -96,7 +96,7 @@ class VLLMSpec(Section):
 
 
 class SamplingSpec(Section):
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["native", "hf", "vllm"] = "hf"
     n: int = Field(4, ge=1)
     """Rollouts per problem."""
     temperature: float = Field(1.0, ge=0.0)
@@ -105,7 +105,7 @@ class SamplingSpec(Section):
     """0 disables top-k."""
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(32, ge=1)
-    """Sequences per generate call (HF backend)."""
+    """Sequences decoded together (native and HF backends); a memory knob."""
     vllm: VLLMSpec = Field(default_factory=VLLMSpec)
     max_prompt_tokens: int = Field(1024, ge=8)
     """Longest prompt (student or privileged teacher) allowed; preflight rejects longer ones."""

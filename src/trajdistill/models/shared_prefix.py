@@ -38,7 +38,7 @@ def group_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
     return [list(p) for p in index], group_of
 
 
-def _cache_argument(model) -> str:
+def cache_argument(model) -> str:
     """The keyword the model's forward takes a KV cache by (`cache` from transformers 5.x on)."""
     params = inspect.signature(base_causal_lm(model).forward).parameters
     for name in ("cache", "past_key_values"):
@@ -70,7 +70,7 @@ def shared_prefix_hidden(model, prompts: list[list[int]], responses: list[list[i
     """
     if any(len(r) == 0 for r in responses):
         raise ValueError("every sequence needs at least one response token")
-    key = _cache_argument(model)
+    key = cache_argument(model)
     distinct, group_of = group_rows(prompts)
     p_ids, p_mask = _right_padded(distinct, pad_id)
     out = model(input_ids=p_ids.to(device), attention_mask=p_mask.to(device), use_cache=True,

@@ -61,12 +61,16 @@ def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progre
         from trajdistill.rollout.hf import HFSampler
 
         return HFSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context)
+    if backend == "native":
+        from trajdistill.rollout.native import NativeSampler
+
+        return NativeSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context)
     if backend == "vllm":
         from trajdistill.rollout.vllm import VLLMSampler
 
         with (context or contextlib.nullcontext)():  # the engine starts from the weights seen here
             return VLLMSampler(model, tokenizer, vllm_options)
-    raise UserError(f"unknown sampling backend '{backend}' (choose hf or vllm)")
+    raise UserError(f"unknown sampling backend '{backend}' (choose native, hf or vllm)")
 
 
 def sampler_for(spec, model, tokenizer, *, batch_size: int | None = None, progress: bool = False,
