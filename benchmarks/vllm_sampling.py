@@ -1,7 +1,7 @@
-"""HF `generate` vs the vLLM engine at the demo's sizes, on the embedded SmolLM2-135M-Instruct (LoRA).
+"""HF `generate` vs the native decoding loop vs the vLLM engine at the demo's sizes, on the embedded SmolLM2-135M-Instruct (LoRA).
 
 Workloads (every sequence generates exactly `--tokens` tokens, EOS ignored, so both backends do the
-same work): one training step's rollouts (6 problems x 4 samples, T=1, top-k 20, top-p 0.95; the
+same work, and the native loop's early exit of finished rows does not apply): one training step's rollouts (6 problems x 4 samples, T=1, top-k 20, top-p 0.95; the
 forward pass that would re-score them for exact log-probs is timed apart, as only ReNIO needs it) and one evaluation (64 problems
 greedy, then 64 x 4 samples at T=0.7). Also the engine's start-up, a weight sync after a change
 and a sync with unchanged weights. Prints one Markdown table. Run it in the vLLM env:
@@ -23,6 +23,7 @@ from trajdistill.models.lora import apply_lora
 from trajdistill.records import Problem
 from trajdistill.rollout import SamplingParams, render_prompt
 from trajdistill.rollout.hf import HFSampler
+from trajdistill.rollout.native import NativeSampler
 from trajdistill.rollout.rescore import response_logprobs
 
 
@@ -80,20 +81,22 @@ def main() -> None:
     note(f"sync {sync_s:.2f}s, unchanged {skip_s:.3f}s, re-scoring {rescore_s:.2f}s")
 
     torch.set_num_threads(args.threads)  # whatever the engine set for itself
-    hf = HFSampler(model, tok, batch_size=64, progress=False)
-    hf.sample(prompts[:2], SamplingParams(n=1, max_new_tokens=4))  # warm-up
-    hf_times = []
-    for name, p, params in workloads:
-        hf_times.append(timed(lambda: hf.sample(p, params))[1])
-        note(f"HF {name}: {hf_times[-1]:.1f}s")
+    times = {}
+    for label, sampler in (("HF", HFSampler(model, tok, batch_size=64, progress=False)),
+                           ("native", NativeSampler(model, tok, batch_size=256, progress=False))):
+        sampler.sample(prompts[:2], SamplingParams(n=1, max_new_tokens=4))  # warm-up
+        times[label] = []
+        for name, p, params in workloads:
+            times[label].append(timed(lambda: sampler.sample(p, params))[1])
+            note(f"{label} {name}: {times[label][-1]:.1f}s")
 
     load = os.getloadavg()[0]
     print(f"{args.model} ({args.dtype}, LoRA r=16 all-linear), {args.threads} cores, {args.tokens} new tokens "
           f"per sequence, 1-min load average at the end {load:.1f}\n")
-    print("| workload | tokens | HF s | HF tok/s | vLLM s | vLLM tok/s | speed-up |\n|---|---|---|---|---|---|---|")
-    for (name, p, params), h, v in zip(workloads, hf_times, vllm_times):
+    print("| workload | tokens | HF s | native s | vLLM s | native vs HF | vLLM vs HF |\n|---|---|---|---|---|---|---|")
+    for (name, p, params), h, n, v in zip(workloads, times["HF"], times["native"], vllm_times):
         tokens = len(p) * params.n * args.tokens
-        print(f"| {name} | {tokens} | {h:.1f} | {tokens / h:.0f} | {v:.1f} | {tokens / v:.0f} | {h / v:.2f}x |")
+        print(f"| {name} | {tokens} | {h:.1f} | {n:.1f} | {v:.1f} | {h / n:.2f}x | {h / v:.2f}x |")
     print(f"| vLLM engine start (in-process, eager; incl. writing the model to /dev/shm) | | | | {start_s:.1f} | | |")
     print(f"| re-scoring forward pass for exact log-probs under top-k/top-p (not in the step above; only "
           f"`rescore_logprobs: true`, or ReNIO) | | | | {rescore_s:.2f} | | |")

@@ -96,7 +96,9 @@ class VLLMSpec(Section):
 
 
 class SamplingSpec(Section):
-    backend: Literal["native", "hf", "vllm"] = "hf"
+    backend: Literal["native", "hf", "vllm"] = "native"
+    """native: our decoding loop (prompt prefilled once per problem, finished rows leave the batch),
+    HF `generate` where it cannot run; hf: `generate` itself; vllm: a vLLM engine synced per step."""
     n: int = Field(4, ge=1)
     """Rollouts per problem."""
     temperature: float = Field(1.0, ge=0.0)
