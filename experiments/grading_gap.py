@@ -1,11 +1,13 @@
 """Strict vs lenient math grading of a run's held-out evaluations, from its saved samples.
 
     .venv/bin/python experiments/grading_gap.py runs/demo
+    .venv/bin/python experiments/grading_gap.py runs/t/a runs/t/b --pair b:a --pair a:base   # several runs
 
 Re-grades every response in `RUN/eval/{before,after}.samples.jsonl` (nothing is sampled again) with
 the papers' strict rule (the last \\boxed{} only; seed 003 C.2) and with the lenient one (also "the
 answer is X", "#### X" or the last number), and prints greedy and Avg@n under both, with the paired
-change. The problems come from the run's own config, so the gold answers are the ones it used.
+change. With several runs: each run's `after` (the first run's `before` as "base") under both
+gradings, and the paired changes asked for with --pair. The problems come from the run's own config, so the gold answers are the ones it used.
 """
 
 from __future__ import annotations
@@ -15,22 +17,18 @@ import json
 from pathlib import Path
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path)
-    args = ap.parse_args()
-
+def regrade(run: Path) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(eval, grading, mode) -> per-problem accuracy of `run`'s saved samples, graded both ways."""
     from trajdistill.config import load_config
-    from trajdistill.eval.metrics import mean_se
     from trajdistill.train.run import load_run_problems
     from trajdistill.verify import Verifiers
 
-    cfg = load_config(args.run / "config.yaml")
+    cfg = load_config(run / "config.yaml")
     problems = {p.id: p for p in load_run_problems(cfg).eval}
     verifiers = {mode: Verifiers({"math": {"grading": mode}}) for mode in ("strict", "lenient")}
     scores: dict[tuple[str, str, str], dict[str, float]] = {}
     for label in ("before", "after"):
-        path = args.run / "eval" / f"{label}.samples.jsonl"
+        path = run / "eval" / f"{label}.samples.jsonl"
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -42,6 +40,20 @@ def main() -> None:
                     if r["mode"] == mode:
                         per_problem.setdefault(r["problem_id"], []).append(float(v.passed))
                 scores[(label, grading, mode)] = {pid: sum(v) / len(v) for pid, v in per_problem.items()}
+    return scores
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> str:
+    """Mean ± SE of the per-problem differences a - b, in points."""
+    from trajdistill.eval.metrics import mean_se
+
+    mean, se = mean_se([a[i] - b[i] for i in b])
+    return f"{100 * mean:+.1f} ± {100 * se:.1f}"
+
+
+def one_run(scores) -> None:
+    from trajdistill.eval.metrics import mean_se
+
     print("| grading | eval | greedy | avg@n | problems |\n|---|---|---|---|---|")
     for grading in ("strict", "lenient"):
         for label in ("before", "after"):
@@ -52,13 +64,44 @@ def main() -> None:
                 mean, se = mean_se(list(scores[(label, grading, mode)].values()))
                 cells.append(f"{100 * mean:.1f} ± {100 * se:.1f}")
             print(f"| {grading} | {label} | {cells[0]} | {cells[1]} | {len(scores[(label, grading, 'greedy')])} |")
-        if (("after", grading, "greedy") in scores):
-            cells = []
-            for mode in ("greedy", "sampled"):
-                b, a = scores[("before", grading, mode)], scores[("after", grading, mode)]
-                mean, se = mean_se([a[i] - b[i] for i in b])
-                cells.append(f"{100 * mean:+.1f} ± {100 * se:.1f}")
+        if ("after", grading, "greedy") in scores:
+            cells = [paired(scores[("after", grading, m)], scores[("before", grading, m)]) for m in ("greedy", "sampled")]
             print(f"| {grading} | change (paired) | {cells[0]} | {cells[1]} | |")
+
+
+def many_runs(runs: list[Path], pairs: list[str]) -> None:
+    """Every run's `after` (and the first run's `before` as base) under both gradings, then the
+    paired changes named by `pairs` ("run:baseline", run directory names; "base" for the base)."""
+    from trajdistill.eval.metrics import mean_se
+
+    after = {"base": regrade(runs[0])}
+    after["base"] = {(g, m): after["base"][("before", g, m)] for g in ("strict", "lenient") for m in ("greedy", "sampled")}
+    for run in runs:
+        scores = regrade(run)
+        after[run.name] = {(g, m): scores[("after", g, m)] for g in ("strict", "lenient") for m in ("greedy", "sampled")}
+    print("| run | strict greedy | strict avg@n | lenient greedy | lenient avg@n |\n|---|---|---|---|---|")
+    for name, scores in after.items():
+        cells = [mean_se(list(scores[(g, m)].values())) for g in ("strict", "lenient") for m in ("greedy", "sampled")]
+        print(f"| {name} | " + " | ".join(f"{100 * m:.1f} ± {100 * se:.1f}" for m, se in cells) + " |")
+    if pairs:
+        print("\n| paired change | strict greedy | strict avg@n | lenient greedy | lenient avg@n |\n|---|---|---|---|---|")
+    for pair in pairs:
+        run, base = pair.split(":")
+        cells = [paired(after[run][(g, m)], after[base][(g, m)]) for g in ("strict", "lenient") for m in ("greedy", "sampled")]
+        print(f"| {run} - {base} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="+")
+    ap.add_argument("--pair", action="append", default=[], metavar="RUN:BASELINE",
+                    help="with several runs: a paired change to print (run directory names; 'base' is "
+                         "the first run's before evaluation)")
+    args = ap.parse_args()
+    if len(args.runs) == 1:
+        one_run(regrade(args.runs[0]))
+    else:
+        many_runs(args.runs, args.pair)
 
 
 if __name__ == "__main__":
