@@ -110,8 +110,11 @@ def eval_cmd(
     lm = load_model(model)
     sampler = sampler_for(cfg.sampling, lm, tok, batch_size=batch_size, progress=True)
     verifiers = Verifiers({"math": {"grading": grading or cfg.eval.grading}})
-    summary = evaluate(sampler, tok, problems, spec, cfg.prompt, verifiers, out_dir=out,
-                       label=label or Path(model).name)
+    try:
+        summary = evaluate(sampler, tok, problems, spec, cfg.prompt, verifiers, out_dir=out,
+                           label=label or Path(model).name)
+    finally:
+        sampler.close()
     typer.echo(summary_markdown([summary]))
 
 

@@ -60,9 +60,12 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
                              instruction=p.instruction, system=p.system, privileged=p.privileged, seed=cfg.seed)
     sampler = sampler_for(s, model, tokenizer)
     console.print(f"traces: {len(problems)} problems x {s.n} from {name} ({settings.context} context) -> {out}")
-    rows = generate_traces(problems, sampler, tokenizer, verify or make_verifiers(cfg), out, settings,
-                           problems_per_chunk=problems_per_chunk,
-                           progress=lambda done, total: console.print(f"  {done}/{total} problems"))
+    try:
+        rows = generate_traces(problems, sampler, tokenizer, verify or make_verifiers(cfg), out, settings,
+                               problems_per_chunk=problems_per_chunk,
+                               progress=lambda done, total: console.print(f"  {done}/{total} problems"))
+    finally:
+        sampler.close()
     summary = trace_summary(rows)
     console.print(f"traces: {summary}")
     return summary

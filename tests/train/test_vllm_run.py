@@ -40,6 +40,7 @@ def test_vllm_opsd_run_end_to_end_evaluates_the_trained_weights(vllm_model_dir, 
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]  # the engine shut down before the process ended
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2] and all(s["tokens"] > 0 for s in steps)
     before = [json.loads(r) for r in (out / "eval" / "before.samples.jsonl").read_text().splitlines()]

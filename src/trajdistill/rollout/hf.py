@@ -81,6 +81,9 @@ class HFSampler:
     def sync(self, model) -> None:
         """Nothing to do: `generate` runs on the live weights."""
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -51,6 +51,10 @@ class Sampler(Protocol):
         A no-op for backends that sample from the live model (HF)."""
         ...
 
+    def close(self) -> None:
+        """Release the engine (vLLM: stop it and delete its model copy); a no-op for HF."""
+        ...
+
 
 def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True,
                  context: Callable[[], ContextManager] | None = None, vllm_options=None) -> Sampler:
@@ -102,3 +106,7 @@ class LazySampler:
     def sync(self, model) -> None:
         if self._sampler is not None:
             self._sampler.sync(model)
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()

@@ -31,8 +31,9 @@ def launched_processes() -> int:
 
 def end_process_group() -> None:
     """Wait for every process, then destroy the process group (a no-op on one process): exiting
-    with live gloo threads aborts the process."""
-    if is_distributed():
+    with live gloo threads aborts the process. A group that vLLM set up inside a single process is
+    vLLM's to destroy (its engine's shutdown does)."""
+    if is_distributed() and launched_processes() > 1:
         dist.barrier()
         dist.destroy_process_group()
 

@@ -235,5 +235,8 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
             console.print(f"\n[bold]{cfg.method}[/] on {cfg.data.train} ({len(problems.eval)} held-out problems), "
                           f"{elapsed / 60:.1f} min\n{table}")
         trackers.close()
+    for sampler in (ctx.sampler, ctx.teacher_sampler):
+        if sampler is not None:
+            sampler.close()  # before the process group ends: a vLLM engine's shutdown uses it
     end_process_group()
     return summaries
