@@ -5,6 +5,7 @@
 # teacher/student tokens on top: its own cost, reported in metrics as topd/branches).
 #
 #   experiments/renio_topd_table.sh [--set KEY=VALUE ...]     # defaults below, ~1 h on 2 cores
+#   TD=.venv-vllm/bin/trajdistill experiments/renio_topd_table.sh --set sampling.backend=vllm  # the README's run
 #   STEPS=20 PROBLEMS=8 N=4 EVAL=64 PROMPT=preset experiments/renio_topd_table.sh  # presets' scale
 # Setup shared with the other scripts (the demo's prompts unless PROMPT=preset): common.sh.
 #
@@ -21,8 +22,9 @@ STEPS=${STEPS:-8}
 PROBLEMS=${PROBLEMS:-4}
 N=${N:-4}
 TOKENS=${TOKENS:-96}
-EVAL=${EVAL:-48}
-K=${K:-[1,4]}
+EVAL=${EVAL:-256}      # held out (from builtin:arith-mix's 320) and evaluated: 1-3 point errors
+K=${K:-[1]}            # greedy + one sample per problem; [1,4] adds Avg@4 / Pass@4 at 4x the sampling
+set -- --set "data.held_out=$EVAL" "$@"
 source "$(dirname "$0")/common.sh"
 
 run opsd-fkl-clip outcome-opsd-all.yaml --set loss.aggregation=sequence --set eval.before=true
