@@ -40,6 +40,26 @@ class _LogprobRecorder:
         return torch.stack(self.chosen, dim=1) if self.chosen else torch.zeros(len(last_tokens), 0)
 
 
+def inverse_cdf_draw(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Per row, the column drawn from softmax(`logits`) by inverse CDF (columns in their order), with
+    one uniform from that row's generator."""
+    cdf = torch.cumsum(torch.softmax(logits, dim=-1), dim=-1)
+    u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    chosen = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+    return chosen.clamp(max=logits.shape[-1] - 1)
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of `prompts`, left-padded to the longest."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        attention[row, width - len(prompt) :] = 1
+    return input_ids, attention
+
+
 class _RowSeededSampler:
     """Draws every row's next token from its own generator, after HF's own temperature, top-k and
     top-p warpers, and leaves only that token possible (the decoding itself is then greedy)."""
@@ -60,10 +80,7 @@ class _RowSeededSampler:
             warped = warper(input_ids, warped)
         # Inverse CDF: one uniform per row from the row's generator (a multinomial call per row is
         # ~16x slower over a 49k vocabulary).
-        cdf = torch.cumsum(torch.softmax(warped, dim=-1), dim=-1)
-        u = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])
-        chosen = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
-        chosen = chosen.clamp(max=scores.shape[-1] - 1)
+        chosen = inverse_cdf_draw(warped, self.generators)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen[:, None], 0.0)
 
@@ -152,12 +169,8 @@ class HFSampler:
 
         tok = self.tokenizer
         pad_id = self._pad_id()
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention[row, width - len(prompt) :] = 1
+        input_ids, attention = left_padded(prompts, pad_id)
+        width = input_ids.shape[1]
         # Per-row seeds: HF decodes greedily over a distribution in which our processor has already
         # drawn each row's token from its own generator (same warpers, same order as HF's sampling).
         native = not params.greedy and row_seeds is None

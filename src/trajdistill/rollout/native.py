@@ -26,7 +26,7 @@ from transformers.cache_utils import DynamicLayer
 
 from trajdistill.models.shared_prefix import PrefixSharingUnsupported, base_causal_lm, cache_argument
 from trajdistill.records import Rollout
-from trajdistill.rollout.hf import HFSampler
+from trajdistill.rollout.hf import HFSampler, inverse_cdf_draw, left_padded
 from trajdistill.rollout.sampler import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,8 @@ def choose_tokens(scaled: torch.Tensor, params: SamplingParams, generators: list
     else:
         index = None
         values = scaled
-    cdf = torch.cumsum(torch.softmax(values, dim=-1), dim=-1)
-    u = torch.cat([torch.rand(1, generator=g, device=scaled.device) for g in generators])
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=values.shape[-1] - 1)
-    return pick.squeeze(1) if index is None else index.gather(1, pick).squeeze(1)
+    pick = inverse_cdf_draw(values, generators)
+    return pick if index is None else index.gather(1, pick[:, None]).squeeze(1)
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -167,13 +165,7 @@ class NativeSampler(HFSampler):
 
     def _prefill(self, prompts: list[list[int]], cache) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode left-padded `prompts` into `cache`; their last logits and attention mask."""
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self._pad_id(), dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention[row, width - len(prompt) :] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        input_ids, attention = (t.to(self.device) for t in left_padded(prompts, self._pad_id()))
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                          use_cache=True, logits_to_keep=1, **{self._cache_key: cache})
@@ -192,10 +184,9 @@ class NativeSampler(HFSampler):
         logits, attention = logits[group_of], attention[group_of]
         total = len(rows)
         generators = [] if seeds is None else [torch.Generator(device=device).manual_seed(s % 2**63) for s in seeds]
+        # Rows that stop are padded after their EOS; `_to_rollout` cuts them there, as for HF's.
         tokens = torch.full((total, params.max_new_tokens), self._pad_id(), dtype=torch.long)
         logprobs = torch.zeros((total, params.max_new_tokens))
-        lengths = torch.zeros(total, dtype=torch.long)
-        finished = torch.zeros(total, dtype=torch.bool)
         alive = torch.arange(total)  # original row of each row still in the batch
         next_position = attention.sum(-1)
         eos = self.tokenizer.eos_token_id if params.stop_at_eos else None
@@ -206,30 +197,18 @@ class NativeSampler(HFSampler):
             lp = scaled.gather(1, chosen[:, None]).squeeze(1) - torch.logsumexp(scaled, dim=-1)
             tokens[alive, step] = chosen.cpu()
             logprobs[alive, step] = lp.cpu()
-            lengths[alive] = step + 1
             done = (chosen == eos).cpu() if eos is not None else torch.zeros(len(alive), dtype=torch.bool)
-            finished[alive[done]] = True
             if step + 1 == params.max_new_tokens or bool(done.all()):
                 break
             if bool(done.any()):
                 keep = (~done).nonzero().squeeze(1)
-                cache.batch_select_indices(keep.to(device))
-                alive, chosen = alive[keep], chosen[keep.to(device)]
-                attention, next_position = attention[keep.to(device)], next_position[keep.to(device)]
+                on_device = keep.to(device)
+                cache.batch_select_indices(on_device)
+                alive, chosen = alive[keep], chosen[on_device]
+                attention, next_position = attention[on_device], next_position[on_device]
             attention = torch.cat([attention, attention.new_ones((len(alive), 1))], dim=1)
             logits = self.model(input_ids=chosen[:, None], attention_mask=attention,
                                 position_ids=next_position[:, None], use_cache=True, logits_to_keep=1,
                                 **{self._cache_key: cache}).logits[:, -1]
             next_position = next_position + 1
-        rollouts = []
-        for row in range(total):
-            response = tokens[row, : lengths[row]].tolist()
-            rollouts.append(Rollout(
-                problem_id="",
-                prompt_ids=list(rows[row]),
-                response_ids=response,
-                text=self.tokenizer.decode(response, skip_special_tokens=True),
-                logprobs=logprobs[row, : lengths[row]].tolist(),
-                finished=bool(finished[row]),
-            ))
-        return rollouts
+        return [self._to_rollout(rows[row], tokens[row], logprobs, row, params) for row in range(total)]
