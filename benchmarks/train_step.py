@@ -244,12 +244,13 @@ def main() -> None:
         m = ours.train_step(step)
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu0
         probs = step_problems[step]
+        # prefix sharing (logged on above) encodes each problem's prompt once per step: q; every
+        # sequence's prompt: p = n q
+        q_student = sum(len(method.student_prompt(p)) for p in probs)
+        q_teacher = sum(len(method.teacher_prompt(p)) for p in probs)
         return {"wall": wall, "cpu": cpu, "sample": m["collect_s"], "update": m["update_s"],
-                "completion": m["tokens"], "p_student": args.n * sum(len(method.student_prompt(p)) for p in probs),
-                "p_teacher": args.n * sum(len(method.teacher_prompt(p)) for p in probs), "loss": m["loss"],
-                # prefix sharing (logged on above) encodes each problem's prompt once per step
-                "q_student": sum(len(method.student_prompt(p)) for p in probs),
-                "q_teacher": sum(len(method.teacher_prompt(p)) for p in probs)}
+                "completion": m["tokens"], "p_student": args.n * q_student, "p_teacher": args.n * q_teacher,
+                "loss": m["loss"], "q_student": q_student, "q_teacher": q_teacher}
 
     class Alternate(TrainerCallback):
         """Times each GKD step and runs our step of the same index right after it."""

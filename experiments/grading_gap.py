@@ -74,20 +74,22 @@ def many_runs(runs: list[Path], pairs: list[str]) -> None:
     paired changes named by `pairs` ("run:baseline", run directory names; "base" for the base)."""
     from trajdistill.eval.metrics import mean_se
 
-    after = {"base": regrade(runs[0])}
-    after["base"] = {(g, m): after["base"][("before", g, m)] for g in ("strict", "lenient") for m in ("greedy", "sampled")}
+    columns = [(g, m) for g in ("strict", "lenient") for m in ("greedy", "sampled")]
+    after: dict[str, dict] = {}
     for run in runs:
         scores = regrade(run)
-        after[run.name] = {(g, m): scores[("after", g, m)] for g in ("strict", "lenient") for m in ("greedy", "sampled")}
+        if not after:  # the first run's before evaluation is the base row
+            after["base"] = {c: scores[("before", *c)] for c in columns}
+        after[run.name] = {c: scores[("after", *c)] for c in columns}
     print("| run | strict greedy | strict avg@n | lenient greedy | lenient avg@n |\n|---|---|---|---|---|")
     for name, scores in after.items():
-        cells = [mean_se(list(scores[(g, m)].values())) for g in ("strict", "lenient") for m in ("greedy", "sampled")]
+        cells = [mean_se(list(scores[c].values())) for c in columns]
         print(f"| {name} | " + " | ".join(f"{100 * m:.1f} ± {100 * se:.1f}" for m, se in cells) + " |")
     if pairs:
         print("\n| paired change | strict greedy | strict avg@n | lenient greedy | lenient avg@n |\n|---|---|---|---|---|")
     for pair in pairs:
         run, base = pair.split(":")
-        cells = [paired(after[run][(g, m)], after[base][(g, m)]) for g in ("strict", "lenient") for m in ("greedy", "sampled")]
+        cells = [paired(after[run][c], after[base][c]) for c in columns]
         print(f"| {run} - {base} | " + " | ".join(cells) + " |")
 
 
