@@ -7,6 +7,7 @@ import torch
 
 from trajdistill.eval.diagnostics import (
     EPISTEMIC_PHRASES,
+    StatisticsObserver,
     diagnostic_sums,
     epistemic_token_ids,
     kl_by_outcome,
@@ -55,6 +56,41 @@ def test_token_statistics_match_a_full_softmax_in_any_chunking():
         torch.testing.assert_close(got["epistemic_mass"].double(), exp_mass, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_statistics_observed_in_the_loss_pass_match_a_full_softmax_and_leave_the_loss_alone(divergence, clip):
+    from trajdistill.losses.chunked import chunked_divergence_from_hidden
+
+    gen = torch.Generator().manual_seed(2)
+    sh, th = torch.randn(9, 5, generator=gen, requires_grad=True), torch.randn(9, 6, generator=gen)
+    sw, tw = torch.randn(11, 5, generator=gen), torch.randn(11, 6, generator=gen)
+    targets = torch.randint(0, 11, (9,), generator=gen)
+    ids = [1, 4, 7]
+    exp_s, exp_t, exp_mass = brute_force(sh.detach(), sw, th, tw, targets, ids)
+    options = dict(teacher_hidden=th, teacher_head_weight=tw, divergence=divergence, temperature=2.0,
+                   vocab_clip=clip)
+    plain, plain_tokens = chunked_divergence_from_hidden(sh, sw, chunk_size=4, **options)
+    (plain_grad,) = torch.autograd.grad(plain, sh)
+    for chunk in (1, 4, 100):
+        observer = StatisticsObserver(targets, ids)
+        loss, per_token = chunked_divergence_from_hidden(sh, sw, chunk_size=chunk, observe=observer, **options)
+        (grad,) = torch.autograd.grad(loss, sh)
+        got = observer.stats()
+        torch.testing.assert_close(got["student_logprob"], exp_s, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["teacher_logprob"], exp_t, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["epistemic_mass"], exp_mass, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loss, plain, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(per_token, plain_tokens, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, plain_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_an_observer_that_missed_rows_refuses_to_report():
+    observer = StatisticsObserver(torch.tensor([1, 2, 3]), [0])
+    observer(0, torch.zeros(2, 5), torch.zeros(2, 5))
+    with pytest.raises(RuntimeError, match="every row"):
+        observer.stats()
+
+
 def test_perplexity_gap_is_the_log_ratio_of_student_to_teacher_perplexity():
     stats = {"student_logprob": torch.tensor([-2.0, -4.0]), "teacher_logprob": torch.tensor([-1.0, -1.0]),
              "epistemic_mass": torch.tensor([0.1, 0.3])}
@@ -83,7 +119,7 @@ def test_opsd_baseline_logs_the_diagnostics_and_they_can_be_switched_off(tmp_pat
     from pathlib import Path
 
     from trajdistill.config import load_config
-    from trajdistill.train.batch import TrainSequence
+    from trajdistill.train.batch import TrainSequence, collate
     from trajdistill.train.run import build
 
     cfg = load_config(Path("configs/opsd-forward-kl.yaml"), ["lora.r=4", f"output_dir={tmp_path}"])
@@ -91,6 +127,11 @@ def test_opsd_baseline_logs_the_diagnostics_and_they_can_be_switched_off(tmp_pat
     seq = TrainSequence(student_prompt=[1, 2, 3], response=[4, 5], teacher_prompt=[6, 7], passed=True)
     _, metrics = method.loss([seq], method.counts([seq]))
     assert {"diag/teacher_epistemic_mass", "diag/student_nll", "diag/teacher_nll", "diag/log_ppl_gap"} <= set(metrics)
+    # gathered in the loss's own pass: the same sums as the separate pass over the same states
+    batch = collate([seq], method.ctx.pad_id)
+    separate = training_diagnostics(method.hidden([seq], batch), batch.targets, tokenizer)
+    for key, (total, count) in separate.items():
+        assert metrics[key][1] == count and metrics[key][0] == pytest.approx(total, rel=1e-4, abs=1e-5)
     assert metrics["kl/correct"][1] == 2
     method.opts.diagnostics = False
     assert not any(k.startswith("diag/") for k in method.loss([seq], method.counts([seq]))[1])

@@ -76,6 +76,37 @@ def token_statistics(student_hidden: torch.Tensor, student_head: torch.Tensor,
             "epistemic_mass": mass.float().cpu()}
 
 
+class StatisticsObserver:
+    """`token_statistics` gathered from a loss's own vocabulary pass: pass it as the `observe`
+    argument of `chunked_divergence_from_hidden` (rows in its selected-row order), then read
+    `stats()`. Saves the two extra `[N, V]` head products and softmaxes of a separate pass."""
+
+    def __init__(self, targets: torch.Tensor, epistemic_ids: Sequence[int]):
+        self.targets = targets
+        self.ids = torch.tensor(list(epistemic_ids), dtype=torch.long, device=targets.device)
+        n = targets.shape[0]
+        self.student_lp, self.teacher_lp, self.mass = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+        self.seen = torch.zeros(n, dtype=torch.bool)
+
+    @torch.no_grad()
+    def __call__(self, start: int, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+        rows = slice(start, start + student_logits.shape[0])
+        t = self.targets[rows].to(student_logits.device)[:, None]
+        self.student_lp[rows] = (student_logits.gather(1, t).squeeze(1)
+                                 - torch.logsumexp(student_logits, dim=-1)).double().cpu()
+        teacher = teacher_logits.float()
+        log_norm = torch.logsumexp(teacher, dim=-1)
+        self.teacher_lp[rows] = (teacher.gather(1, t.to(teacher.device)).squeeze(1) - log_norm).double().cpu()
+        picked = teacher[:, self.ids.to(teacher.device)]
+        self.mass[rows] = torch.exp(torch.logsumexp(picked, dim=-1) - log_norm).double().cpu()
+        self.seen[rows] = True
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        if not bool(self.seen.all()):
+            raise RuntimeError("the loss did not pass every row to the statistics observer")
+        return {"student_logprob": self.student_lp, "teacher_logprob": self.teacher_lp, "epistemic_mass": self.mass}
+
+
 def diagnostic_sums(stats: dict[str, torch.Tensor], prefix: str = "diag") -> Sums:
     """Token sums of the C.5 quantities from `token_statistics` output."""
     n = float(stats["student_logprob"].numel())

@@ -15,13 +15,14 @@ from trajdistill.losses.chunk_grads import chunk_divergence_and_grad
 from trajdistill.losses.divergence import canonical_divergence
 
 TeacherChunk = Callable[[torch.Tensor], torch.Tensor]
+ChunkObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 class _FusedDivergence(torch.autograd.Function):
     """`loss = sum_t w_t D_t / normalizer` over rows of `hidden [N, H]`; see the public wrapper."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, token_weights, teacher_chunk, options, normalizer, chunk_size):
+    def forward(ctx, hidden, weight, bias, token_weights, teacher_chunk, options, normalizer, chunk_size, observe):
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         device = hidden.device
@@ -36,9 +37,10 @@ class _FusedDivergence(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             h = hidden[rows].to(dtype)
             logits = h @ weight_c.T if bias_c is None else torch.addmm(bias_c, h, weight_c.T)
-            values, grad_logits = chunk_divergence_and_grad(
-                logits, teacher_chunk(torch.arange(start, start + h.shape[0], device=device)), scale[rows], **options
-            )
+            teacher = teacher_chunk(torch.arange(start, start + h.shape[0], device=device))
+            if observe is not None:
+                observe(start, logits, teacher)
+            values, grad_logits = chunk_divergence_and_grad(logits, teacher, scale[rows], **options)
             per_token[rows] = values
             if need_hidden:
                 grad_hidden[rows] = grad_logits @ weight_c
@@ -61,7 +63,7 @@ class _FusedDivergence(torch.autograd.Function):
         grads = []
         for has, dtype in zip(ctx.has, ctx.dtypes):
             grads.append((next(saved) * grad_loss).to(dtype) if has else None)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def _teacher_chunker(rows, teacher_logits, teacher_hidden, teacher_head_weight, teacher_head_bias) -> TeacherChunk:
@@ -104,6 +106,7 @@ def chunked_divergence_from_hidden(
     token_weights: torch.Tensor | None = None,
     normalizer: float | torch.Tensor | None = None,
     chunk_size: int = 512,
+    observe: ChunkObserver | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted full-vocabulary divergence straight from final hidden states, in chunks of positions.
 
@@ -129,6 +132,9 @@ def chunked_divergence_from_hidden(
             micro-batches, all processes) so that accumulated gradients equal the full-batch
             gradient. None = this call's masked token count (a micro-batch token mean).
         chunk_size: positions per chunk (default 512); results do not depend on it.
+        observe: called once per chunk as `observe(start, student_logits, teacher_logits)` (fp32
+            `[n, V]` at temperature 1, the selected rows `start .. start + n`, before the divergence
+            uses them; read only), so per-token statistics ride on the loss's own vocabulary pass.
 
     Returns:
         `(loss, per_token)`: the scalar loss (differentiable; fp32, or fp64 for fp64 inputs), and the
@@ -169,7 +175,7 @@ def chunked_divergence_from_hidden(
         raise ValueError(f"teacher vocab {teacher_vocab} != student vocab {lm_head_weight.shape[0]}")
     loss, values = _FusedDivergence.apply(
         flat_hidden[rows], lm_head_weight, lm_head_bias, weights, teacher_chunk, options,
-        float(normalizer), int(chunk_size),
+        float(normalizer), int(chunk_size), observe,
     )
     per_token = values.new_zeros(out_shape.numel())
     per_token[rows] = values

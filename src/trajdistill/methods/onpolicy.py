@@ -223,7 +223,8 @@ class OnPolicyDistillation(Method):
             return w, float(totals["sequences"])
         return w, float(totals["tokens"])
 
-    def divergence(self, hidden: Hidden, targets, weights, normalizer) -> tuple[torch.Tensor, torch.Tensor]:
+    def divergence(self, hidden: Hidden, targets, weights, normalizer, observe=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(loss, per_token)`; `observe` sees each chunk's logits (the full-vocabulary losses only)."""
         spec = self.cfg.loss
         if spec.divergence == "sampled_token":
             return sampled_token_objective(hidden.student, hidden.student_head, hidden.teacher, hidden.teacher_head,
@@ -235,7 +236,7 @@ class OnPolicyDistillation(Method):
             divergence=_DIVERGENCE[spec.divergence], beta=spec.beta, temperature=spec.temperature,
             vocab_clip=spec.vocab_clip, token_clip=spec.token_clip, top_k=spec.top_k,
             tail_bucket=spec.tail_bucket, token_weights=weights, normalizer=normalizer,
-            chunk_size=spec.chunk_size,
+            chunk_size=spec.chunk_size, observe=observe,
         )
 
     def loss(self, seqs: list[TrainSequence], totals: dict) -> tuple[torch.Tensor, dict]:
@@ -243,12 +244,14 @@ class OnPolicyDistillation(Method):
         batch = collate(seqs, self.ctx.pad_id)
         hidden = self.hidden(seqs, batch)
         weights, normalizer = self.weights(seqs, batch, totals)
-        loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer)
+        observer = self.diagnostics_observer(batch)
+        loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer,
+                                          observer)
         metrics = divergence_metrics(per_token.detach().float().cpu(), batch)
         prompts = [q.student_prompt for q in seqs]
         metrics["batch/padding"] = padding(prompts, [q.response for q in seqs],
                                            self.prefix_sharing.use(self.ctx.model, prompts))
-        metrics.update(self.diagnostics(hidden, batch))
+        metrics.update(self.diagnostics(hidden, batch, observer))
         metrics.update(self.extra_metrics(per_token.detach().float().cpu(), batch, seqs))
         return loss, metrics
 
@@ -256,13 +259,25 @@ class OnPolicyDistillation(Method):
         """Method-specific per-step metrics as (sum, count) pairs; none here."""
         return {}
 
-    def diagnostics(self, hidden: Hidden, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
+    def diagnostics_observer(self, batch: ScoredBatch):
+        """The observer that gathers the diagnostics from the loss's own vocabulary pass (None when
+        they are off or the loss makes no full-vocabulary pass)."""
+        if not self.opts.diagnostics or self.cfg.loss.divergence == "sampled_token":
+            return None
+        from trajdistill.eval.diagnostics import StatisticsObserver, epistemic_token_ids
+
+        return StatisticsObserver(batch.targets, epistemic_token_ids(self.ctx.tokenizer))
+
+    def diagnostics(self, hidden: Hidden, batch: ScoredBatch, observer=None) -> dict[str, tuple[float, float]]:
         """Seed 003's training diagnostics (C.5), `diag/*`: teacher mass on epistemic onset tokens,
-        teacher/student NLL and their gap on the response mask (switch: `diagnostics`)."""
+        teacher/student NLL and their gap on the response mask (switch: `diagnostics`); from
+        `observer` when the loss fed it, else from a pass of their own."""
         if not self.opts.diagnostics:
             return {}
-        from trajdistill.eval.diagnostics import training_diagnostics
+        from trajdistill.eval.diagnostics import diagnostic_sums, training_diagnostics
 
+        if observer is not None:
+            return diagnostic_sums(observer.stats())
         return training_diagnostics(hidden, batch.targets, self.ctx.tokenizer, self.cfg.loss.chunk_size)
 
     def counts(self, seqs: list[TrainSequence]) -> dict[str, float]:
