@@ -24,6 +24,7 @@ from trajdistill.methods.base import Method, StepResult, TeacherKind
 from trajdistill.methods.onpolicy_metrics import divergence_metrics, rollout_metrics
 from trajdistill.methods.onpolicy_options import OnPolicyOptions, SettingOptions
 from trajdistill.models.backbone import final_hidden, lm_head_weight
+from trajdistill.models.buckets import Bucketing, bucketed_states
 from trajdistill.models.shared_prefix import PrefixSharing, padding, shared_prefix_hidden
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
@@ -198,13 +199,19 @@ class OnPolicyDistillation(Method):
         model, s, device = self.ctx.model, batch.student, self.ctx.device
         prompts = [q.student_prompt for q in seqs]
         if self.prefix_sharing.use(model, prompts):
-            return shared_prefix_hidden(model, prompts, [q.response for q in seqs], device, self.ctx.pad_id)
-        states = final_hidden(model, s.input_ids.to(device), s.attention_mask.to(device))
-        return states[s.rows.to(device), s.cols.to(device)]
+            return shared_prefix_hidden(model, prompts, [q.response for q in seqs], device, self.ctx.pad_id,
+                                        bucketing=self.bucketing)
+        groups = self.bucketing.groups(s.attention_mask.sum(-1).tolist())
+        return bucketed_states(lambda ids, mask: final_hidden(model, ids.to(device), mask.to(device)),
+                               s.input_ids, s.attention_mask, s.rows, s.cols, groups)
 
     @functools.cached_property
     def prefix_sharing(self) -> PrefixSharing:
         return PrefixSharing(self.cfg.loss.share_prefix, "student")
+
+    @functools.cached_property
+    def bucketing(self) -> Bucketing:
+        return Bucketing(self.cfg.loss.bucketing, self.cfg.loss.bucket_cost, "student")
 
     def weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> tuple[torch.Tensor, float]:
         """The one weighting hook: per-token weights `w_i u_t` and the normaliser Z (token mean or
@@ -250,7 +257,7 @@ class OnPolicyDistillation(Method):
         metrics = divergence_metrics(per_token.detach().float().cpu(), batch)
         prompts = [q.student_prompt for q in seqs]
         metrics["batch/padding"] = padding(prompts, [q.response for q in seqs],
-                                           self.prefix_sharing.use(self.ctx.model, prompts))
+                                           self.prefix_sharing.use(self.ctx.model, prompts), self.bucketing)
         metrics.update(self.diagnostics(hidden, batch, observer))
         metrics.update(self.extra_metrics(per_token.detach().float().cpu(), batch, seqs))
         return loss, metrics

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from trajdistill.models.backbone import base_causal_lm, final_hidden
+from trajdistill.models.buckets import Bucketing
 
 console = Console(stderr=True)
 
@@ -61,12 +62,13 @@ def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 def shared_prefix_hidden(model, prompts: list[list[int]], responses: list[list[int]], device,
-                         pad_id: int = 0) -> torch.Tensor:
+                         pad_id: int = 0, bucketing: Bucketing | None = None) -> torch.Tensor:
     """Final hidden states `[N, H]` at the positions predicting every response token, rows in
     order and tokens in order within a row (the order of `collate`'s `rows`/`cols`).
 
     Each distinct prompt is encoded once. Gradients flow as in the unshared forward when grad is
-    enabled. `pad_id` only fills masked slots.
+    enabled. `pad_id` only fills masked slots. With `bucketing`, the response pass runs in groups
+    of responses of similar length, each on its own copy of its rows' prompt keys and values.
     """
     if any(len(r) == 0 for r in responses):
         raise ValueError("every sequence needs at least one response token")
@@ -86,36 +88,63 @@ def shared_prefix_hidden(model, prompts: list[list[int]], responses: list[list[i
     last = prompt_states[torch.arange(len(distinct), device=device), (prompt_len - 1).to(device)]  # [G, H]
 
     feed = [r[:-1] for r in responses]  # the last token predicts nothing
-    width = max(len(r) for r in feed)
-    if width == 0:
+    if max(len(r) for r in feed) == 0:
         return last[group.to(device)]
-    cache.batch_select_indices(group.to(device))  # K, V[g(i)] by indexing: differentiable, one copy per row
-    r_ids, r_mask = _right_padded(feed, pad_id)
-    mask = torch.cat([p_mask[group], r_mask], dim=1)
-    positions = prompt_len[group][:, None] + torch.arange(width)[None, :]
-    out = model(input_ids=r_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                use_cache=True, output_hidden_states=True, logits_to_keep=1, **{key: cache})
-    response_states = out.hidden_states[-1]  # [B, R, H]
+    groups = (bucketing.groups([len(r) for r in feed]) if bucketing is not None else None) \
+        or [list(range(len(feed)))]
+    kv = [(layer.keys, layer.values) for layer in layers] if len(groups) > 1 else None
+    parts, start_of = [last], dict.fromkeys(range(len(feed)), 0)
+    offset = len(distinct)
+    for rows in groups:
+        index = torch.tensor(rows, dtype=torch.long)
+        if kv is None:
+            part_cache = cache
+            part_cache.batch_select_indices(group.to(device))  # K, V[g(i)] by indexing: differentiable
+        else:  # a fresh cache per group, indexed from the one prompt pass (gradients reach it)
+            part_cache = type(cache)(config=base_causal_lm(model).config)
+            for n, (k, v) in enumerate(kv):
+                part_cache.update(k[group[index].to(device)], v[group[index].to(device)], n)
+        r_ids, r_mask = _right_padded([feed[i] for i in rows], pad_id)
+        width = r_ids.shape[1]
+        if width == 0:  # one-token responses: only the prompt's last state is needed
+            continue
+        mask = torch.cat([p_mask[group[index]], r_mask], dim=1)
+        positions = prompt_len[group[index]][:, None] + torch.arange(width)[None, :]
+        out = model(input_ids=r_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                    use_cache=True, output_hidden_states=True, logits_to_keep=1, **{key: part_cache})
+        states = out.hidden_states[-1]  # [b, R, H]
+        parts.append(states.reshape(-1, states.shape[-1]))
+        for k, i in enumerate(rows):
+            start_of[i] = offset + k * width
+        offset += states.shape[0] * width
 
-    flat = torch.cat([last, response_states.reshape(-1, response_states.shape[-1])])
+    flat = torch.cat(parts)
     index = []
     for i, (g, r) in enumerate(zip(group_of, responses)):
         index.append(g)
-        index.extend(len(distinct) + i * width + j for j in range(len(r) - 1))
+        index.extend(start_of[i] + j for j in range(len(r) - 1))
     return flat[torch.tensor(index, dtype=torch.long, device=device)]
 
 
-def padding(prompts: list[list[int]], responses: list[list[int]], shared: bool) -> tuple[int, int]:
-    """`(padded, computed)` token positions of one forward over these rows: right-padded rows of
-    prompt + response, or, shared, the distinct prompts' pass plus the responses' pass."""
+def _slots(lengths: list[int], bucketing: Bucketing | None) -> int:
+    """Positions computed for rows of these lengths: one padded forward, or one per length group."""
+    groups = (bucketing.groups(lengths) if bucketing is not None else None) or [range(len(lengths))]
+    return sum(len(g) * max((lengths[i] for i in g), default=0) for g in groups)
+
+
+def padding(prompts: list[list[int]], responses: list[list[int]], shared: bool,
+            bucketing: Bucketing | None = None) -> tuple[int, int]:
+    """`(padded, computed)` token positions of the forward over these rows: right-padded rows of
+    prompt + response, or, shared, the distinct prompts' pass plus the responses' pass; with
+    `bucketing`, each length group padded to its own longest row."""
     if not shared:
         lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-        computed = len(lengths) * max(lengths, default=0)
+        computed = _slots(lengths, bucketing)
         return computed - sum(lengths), computed
     distinct, _ = group_rows(prompts)
     feed = [len(r) - 1 for r in responses]
     prompt_slots = len(distinct) * max((len(p) for p in distinct), default=0)
-    response_slots = len(feed) * max(feed, default=0)
+    response_slots = _slots(feed, bucketing)
     real = sum(len(p) for p in distinct) + sum(feed)
     return prompt_slots + response_slots - real, prompt_slots + response_slots
 

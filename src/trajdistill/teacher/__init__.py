@@ -18,17 +18,20 @@ import copy
 import torch
 
 from trajdistill.models.backbone import final_hidden, lm_head_weight
+from trajdistill.models.buckets import Bucketing, bucketed_states
 from trajdistill.models.precision import autocast_context
 from trajdistill.models.shared_prefix import PrefixSharing, shared_prefix_hidden
 
 
 class Teacher:
-    def __init__(self, model, *, autocast: str = "none", share_prefix: str = "auto"):
+    def __init__(self, model, *, autocast: str = "none", share_prefix: str = "auto",
+                 bucketing: Bucketing | None = None):
         """`autocast`: the run's `model.autocast`, the student's compute precision, so that a
         teacher with the student's weights and context gives the student's distribution."""
         self.model = model
         self.autocast = autocast
         self.prefix_sharing = PrefixSharing(share_prefix, "teacher")
+        self.bucketing = bucketing or Bucketing("off")
 
     def as_teacher(self):
         """Context in which `self.model` computes as the teacher (scoring or sampling)."""
@@ -38,9 +41,11 @@ class Teacher:
     def hidden(self, input_ids, attention_mask, rows, cols) -> torch.Tensor:
         """Final hidden states [N, H] at (rows, cols) of the teacher sequences."""
         device = next(self.model.parameters()).device
+        groups = self.bucketing.groups(attention_mask.sum(-1).tolist())
         with self.as_teacher(), autocast_context(self.autocast, device):
-            states = final_hidden(self.model, input_ids.to(device), attention_mask.to(device))
-        return states[rows.to(device), cols.to(device)].float()
+            states = bucketed_states(lambda ids, mask: final_hidden(self.model, ids.to(device), mask.to(device)),
+                                     input_ids, attention_mask, rows, cols, groups)
+        return states.float()
 
     @torch.no_grad()
     def response_hidden(self, prompts: list[list[int]], responses: list[list[int]], view) -> torch.Tensor:
@@ -51,7 +56,8 @@ class Teacher:
         with self.as_teacher():
             if self.prefix_sharing.use(self.model, prompts):
                 with autocast_context(self.autocast, device):
-                    return shared_prefix_hidden(self.model, prompts, responses, device).float()
+                    return shared_prefix_hidden(self.model, prompts, responses, device,
+                                                bucketing=self.bucketing).float()
         return self.hidden(view.input_ids, view.attention_mask, view.rows, view.cols)
 
     def head_weight(self) -> torch.Tensor:

@@ -17,6 +17,7 @@ from trajdistill.eval.runner import evaluate, metric_columns, summary_markdown
 from trajdistill.files import atomic_write_json, atomic_write_text
 from trajdistill.methods.base import MethodContext
 from trajdistill.models import load_model, load_tokenizer, resolve_device
+from trajdistill.models.buckets import Bucketing
 from trajdistill.models.lora import apply_lora
 from trajdistill.records import Problem
 from trajdistill.rollout import sampler_for
@@ -100,7 +101,8 @@ def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
     student's own base weights (adapter off under LoRA, a frozen copy otherwise). It computes in
     the student's precision (`model.autocast`)."""
     autocast = cfg.model.autocast
-    options = {"autocast": autocast, "share_prefix": cfg.loss.share_prefix}
+    options = {"autocast": autocast, "share_prefix": cfg.loss.share_prefix,
+               "bucketing": Bucketing(cfg.loss.bucketing, cfg.loss.bucket_cost, "teacher")}
     if kind == "none":
         return None
     if kind == "separate":
