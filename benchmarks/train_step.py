@@ -98,6 +98,35 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 8) -> tuple[float
     return flops / min(times) / 1e9, flops / statistics.median(times) / 1e9, flops * repeats / cpu / 1e9
 
 
+def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 3) -> float:
+    """Best GB/s of summing a `megabytes` fp32 buffer on `threads` threads (reading the weights
+    once per decoding step cannot go faster than this)."""
+    torch.set_num_threads(threads)
+    buf = torch.ones(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - started)
+    return buf.numel() * 4 / best / 1e9
+
+
+class Phases:
+    """Wall seconds spent inside wrapped callables, per phase name (ours: where the update goes)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **k):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        return timed
+
+
 # -- ours -----------------------------------------------------------------------------------------
 def build_ours(args, tokenizer, run_dir: Path):
     from trajdistill.config import load_config
@@ -228,6 +257,18 @@ def main() -> None:
     cfg, method, ours = build_ours(args, tokenizer, tmp / "ours")
     n_params = sum(p.numel() for n, p in ours.model.named_parameters() if "lora_" not in n)
     lora_params = sum(p.numel() for n, p in ours.model.named_parameters() if "lora_" in n)
+    from trajdistill.models.backbone import lm_head_weight
+
+    n_head = lm_head_weight(ours.model).numel()  # tied with the embedding: counted once in n_params
+    n_body = n_params - n_head  # per token in every position; the head only where logits are needed
+    weight_bytes = n_params * 4
+    bandwidth = read_bandwidth(args.threads)
+    phases = Phases()
+    ours.ctx.teacher.response_hidden = phases.wrap("teacher forward", ours.ctx.teacher.response_hidden)
+    method.student_hidden = phases.wrap("student forward", method.student_hidden)
+    method.divergence = phases.wrap("loss (vocabulary pass, its gradients)", method.divergence)
+    ours.optimizer.step = phases.wrap("AdamW", ours.optimizer.step)
+    plain_backward = torch.Tensor.backward
 
     # The problems of every step, in our data order; TRL reads them sequentially, `batch` at a time.
     step_problems = [ours.step_items(s) for s in range(args.steps + 1)]
@@ -240,8 +281,13 @@ def main() -> None:
     def ours_step(step: int, diagnostics: bool) -> dict:
         cfg.options.diagnostics = diagnostics  # the method reads its options every step
         torch.set_num_threads(args.threads)
+        phases.seconds = {}
+        torch.Tensor.backward = phases.wrap("backward", plain_backward)  # ours only (TRL's steps alternate)
         cpu0, started = cpu_seconds(), time.perf_counter()
-        m = ours.train_step(step)
+        try:
+            m = ours.train_step(step)
+        finally:
+            torch.Tensor.backward = plain_backward
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu0
         probs = step_problems[step]
         # prefix sharing (logged on above) encodes each problem's prompt once per step: q; every
@@ -250,7 +296,7 @@ def main() -> None:
         q_teacher = sum(len(method.teacher_prompt(p)) for p in probs)
         return {"wall": wall, "cpu": cpu, "sample": m["collect_s"], "update": m["update_s"],
                 "completion": m["tokens"], "p_student": args.n * q_student, "p_teacher": args.n * q_teacher,
-                "loss": m["loss"], "q_student": q_student, "q_teacher": q_teacher}
+                "loss": m["loss"], "q_student": q_student, "q_teacher": q_teacher, "phases": dict(phases.seconds)}
 
     class Alternate(TrainerCallback):
         """Times each GKD step and runs our step of the same index right after it."""
@@ -313,7 +359,19 @@ def main() -> None:
         update_lora = statistics.median(
             2 * n_params * (r["q_teacher"] + r["completion"]) + 4 * n_params * (r["q_student"] + r["completion"])
             for r in rec)
-        return {"executed": executed / 1e9, "executed_s": executed / wall / 1e9,
+        # The floor: every FLOP at the matmul peak (the LM head only where logits are used, a LoRA
+        # backward as input gradients only), and each decoding step no faster than reading the
+        # weights once or computing its rows, whichever is slower.
+        def floor(r):
+            c = r["completion"]
+            step = max(weight_bytes / (bandwidth * 1e9), 2 * n_params * args.batch / (peak * 1e9))
+            flops = (2 * n_body * r["q_student"] + 2 * n_body * (r["q_teacher"] + c) + 2 * n_head * c
+                     + 4 * n_body * (r["q_student"] + c) + 4 * n_head * c)
+            return flops / (peak * 1e9) + args.tokens * step
+        phase_names = sorted({k for r in rec for k in r.get("phases", {})})
+        return {"floor": statistics.median(floor(r) for r in rec),
+                "phases": {k: statistics.median(r.get("phases", {}).get(k, 0.0) for r in rec) for k in phase_names},
+                "executed": executed / 1e9, "executed_s": executed / wall / 1e9,
                 "update_gflops": update_flops / med("update") / 1e9,
                 "update_lora_gflops": update_lora / med("update") / 1e9,
                 "wall": wall, "cpu": med("cpu"), "sample": med("sample"), "update": med("update"),
@@ -376,6 +434,16 @@ def main() -> None:
     row("nominal GFLOP per CPU-second", "{:.1f}", "gflops_cpu", ratio=True)
     print("| % of matmul GFLOP per CPU-second | "
           + " | ".join(f"{100 * s['gflops_cpu'] / peak_cpu:.1f}%" for _, s in stats) + " |")
+    names = sorted({k for _, s in stats for k in s["phases"]})
+    for name in ["backward", "AdamW"] + [k for k in names if k not in ("backward", "AdamW")]:
+        if name in names:
+            print(f"| update: {name} s | " + " | ".join(f"{s['phases'].get(name, 0.0):.2f}" if s["phases"] else "-"
+                                                      for _, s in stats) + " |")
+    print("| update: the rest s (collation, weights, metrics) | " + " | ".join(
+        f"{s['update'] - sum(s['phases'].values()):.2f}" if s["phases"] else "-" for _, s in stats) + " |")
+    row("floor s/step (every FLOP at peak, decoding at memory speed)", "{:.2f}", "floor")
+    print("| best possible vs TRL's measured step (TRL s / this floor) | "
+          + " | ".join(f"{ref['wall'] / s['floor']:.2f}x" if s is not ref else "-" for _, s in stats) + " |")
     print("| model copies held | " + " | ".join("1 (teacher = adapter off)" if "ours" in n else "2 (student + teacher)"
                                              for n, _ in stats) + " |")
     print()
@@ -386,6 +454,10 @@ def main() -> None:
              f"({stats[1][1]['tps'] / ref['tps']:.2f}x)" if nodiag_rec else "") + ".")
     print("Executed FLOPs: the same formula with each distinct prompt counted once per step where prefix "
           "sharing encodes it once (ours, with n > 1); equal to nominal for TRL and for distinct prompts.")
+    print(f"Floor: executed FLOPs with N_body = {n_body / 1e6:.1f}M per position and the {n_head / 1e6:.1f}M-parameter "
+          f"head only on completion positions, student 4N (LoRA), at the peak; plus {args.tokens} decoding steps "
+          f"each >= max(reading the {weight_bytes / 1e9:.2f} GB of weights at {bandwidth:.1f} GB/s "
+          f"(fp32 sum of 512 MB, best of 3), computing {args.batch} rows at the peak).")
     print("Nominal FLOPs = 2N(P_s+C) generation + 2N(P_t+C) teacher forward + 6N(P_s+C) student fwd+bwd; "
           "ours' teacher reads the privileged prompt (P_t > P_s), TRL's the student prompt.")
 
