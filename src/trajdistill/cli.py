@@ -108,7 +108,8 @@ def eval_cmd(
 
     tok = load_tokenizer(model)
     lm = load_model(model)
-    sampler = sampler_for(cfg.sampling, lm, tok, batch_size=batch_size, progress=True)
+    sampler = sampler_for(cfg.sampling, lm, tok, batch_size=batch_size, progress=True,
+                          packed=cfg.model.packed_linear)
     verifiers = Verifiers({"math": {"grading": grading or cfg.eval.grading}})
     try:
         summary = evaluate(sampler, tok, problems, spec, cfg.prompt, verifiers, out_dir=out,

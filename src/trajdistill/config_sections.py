@@ -29,9 +29,19 @@ class ModelSpec(Section):
     """Compute precision of every forward pass of the run, the student's and the teacher's alike
     (`torch.autocast`); `none` computes in the weights' `dtype`. Set it on `model:` only: it also
     governs a separate `teacher:`."""
+    packed_linear: Literal["auto", "off"] = "auto"
+    """auto: passes without gradient (sampling with the native/HF backends, teacher scoring) multiply
+    float32 CPU weights through oneDNN's packed linear (`trajdistill.models.packed`; faster than
+    MKL's sgemm for the few rows of a decoding step, one more copy of the weights in memory);
+    other devices and dtypes are unaffected. off: `F.linear` everywhere."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass (non-reentrant
     `torch.utils.checkpoint`): activation memory of one layer instead of all, for ~1/3 more compute."""
+
+    @field_validator("packed_linear", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class LoraSpec(Section):

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from rich.progress import Progress
 
+from trajdistill.models.packed import packed_linears
 from trajdistill.records import Rollout
 from trajdistill.rollout.sampler import SamplingParams
 
@@ -88,12 +89,14 @@ class _RowSeededSampler:
 class HFSampler:
     """Sampler over any `transformers` causal LM (or peft model wrapping one)."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, progress: bool = True, context=None):
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, progress: bool = True, context=None,
+                 packed: str = "auto"):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
         self.context = context or contextlib.nullcontext
+        self.packed = packed  # `model.packed_linear`
 
     def sync(self, model) -> None:
         """Nothing to do: `generate` runs on the live weights."""
@@ -118,7 +121,8 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            with self.context(), Progress(transient=True, disable=not self.progress) as bar:
+            with self.context(), packed_linears(self.model, self.packed), \
+                    Progress(transient=True, disable=not self.progress) as bar:
                 task = bar.add_task("sampling", total=len(jobs))
                 starts = list(range(0, len(order), self.batch_size))
                 behind = self._calls_behind(len(starts))  # agreed before any process starts generating

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from trajdistill.models.shared_prefix import PrefixSharingUnsupported, base_causal_lm, cache_argument
+from trajdistill.models.packed import packed_linears
 from trajdistill.records import Rollout
 from trajdistill.rollout.hf import HFSampler, inverse_cdf_draw, left_padded
 from trajdistill.rollout.sampler import SamplingParams
@@ -105,8 +106,9 @@ class NativeSampler(HFSampler):
     """Batched, prefix-shared, compacting decoding with sampler log-probs (see the module doc).
     `batch_size` bounds the rows decoded together (prompts x samples)."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64, progress: bool = True, context=None):
-        super().__init__(model, tokenizer, batch_size=batch_size, progress=progress, context=context)
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, progress: bool = True, context=None,
+                 packed: str = "auto"):
+        super().__init__(model, tokenizer, batch_size=batch_size, progress=progress, context=context, packed=packed)
         self._fallback_logged = False
 
     def sample(
@@ -128,7 +130,8 @@ class NativeSampler(HFSampler):
         was_training = self.model.training
         self.model.eval()
         try:
-            with self.context(), Progress(transient=True, disable=not self.progress) as bar:
+            with self.context(), packed_linears(self.model, self.packed), \
+                    Progress(transient=True, disable=not self.progress) as bar:
                 task = bar.add_task("sampling", total=len(jobs))
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start : start + self.batch_size]

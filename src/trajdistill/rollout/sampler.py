@@ -57,18 +57,21 @@ class Sampler(Protocol):
 
 
 def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True,
-                 context: Callable[[], ContextManager] | None = None, vllm_options=None) -> Sampler:
+                 context: Callable[[], ContextManager] | None = None, vllm_options=None,
+                 packed: str = "auto") -> Sampler:
     """The sampler of `backend` over `model`. `context` (a teacher's `as_teacher`) is entered around
     every generation, so the same factory serves the student and the teacher; `vllm_options` (a
-    `trajdistill.rollout.vllm.VLLMOptions`) configures the vLLM engine."""
+    `trajdistill.rollout.vllm.VLLMOptions`) configures the vLLM engine; `packed` is
+    `model.packed_linear` (native and HF backends)."""
     if backend == "hf":
         from trajdistill.rollout.hf import HFSampler
 
-        return HFSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context)
+        return HFSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context, packed=packed)
     if backend == "native":
         from trajdistill.rollout.native import NativeSampler
 
-        return NativeSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context)
+        return NativeSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context,
+                             packed=packed)
     if backend == "vllm":
         from trajdistill.rollout.vllm import VLLMSampler
 
@@ -78,7 +81,7 @@ def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progre
 
 
 def sampler_for(spec, model, tokenizer, *, batch_size: int | None = None, progress: bool = False,
-                context: Callable[[], ContextManager] | None = None) -> Sampler:
+                context: Callable[[], ContextManager] | None = None, packed: str = "auto") -> Sampler:
     """The sampler a config's `sampling` section asks for (backend, batch size, `sampling.vllm`),
     so training, `traces generate` and `eval` configure the engine the same way."""
     vllm_options = None
@@ -87,7 +90,7 @@ def sampler_for(spec, model, tokenizer, *, batch_size: int | None = None, progre
 
         vllm_options = VLLMOptions(**spec.vllm.model_dump())
     return make_sampler(spec.backend, model, tokenizer, batch_size=batch_size or spec.batch_size,
-                        progress=progress, context=context, vllm_options=vllm_options)
+                        progress=progress, context=context, vllm_options=vllm_options, packed=packed)
 
 
 class LazySampler:

@@ -19,19 +19,21 @@ import torch
 
 from trajdistill.models.backbone import final_hidden, lm_head_weight
 from trajdistill.models.buckets import Bucketing, bucketed_states
+from trajdistill.models.packed import packed_linears
 from trajdistill.models.precision import autocast_context
 from trajdistill.models.shared_prefix import PrefixSharing, shared_prefix_hidden
 
 
 class Teacher:
     def __init__(self, model, *, autocast: str = "none", share_prefix: str = "auto",
-                 bucketing: Bucketing | None = None):
+                 bucketing: Bucketing | None = None, packed: str = "off"):
         """`autocast`: the run's `model.autocast`, the student's compute precision, so that a
         teacher with the student's weights and context gives the student's distribution."""
         self.model = model
         self.autocast = autocast
         self.prefix_sharing = PrefixSharing(share_prefix, "teacher")
         self.bucketing = bucketing or Bucketing("off")
+        self.packed = packed  # `model.packed_linear`: scoring needs no gradient
 
     def as_teacher(self):
         """Context in which `self.model` computes as the teacher (scoring or sampling)."""
@@ -42,7 +44,7 @@ class Teacher:
         """Final hidden states [N, H] at (rows, cols) of the teacher sequences."""
         device = next(self.model.parameters()).device
         groups = self.bucketing.groups(attention_mask.sum(-1).tolist())
-        with self.as_teacher(), autocast_context(self.autocast, device):
+        with self.as_teacher(), packed_linears(self.model, self.packed), autocast_context(self.autocast, device):
             states = bucketed_states(lambda ids, mask: final_hidden(self.model, ids.to(device), mask.to(device)),
                                      input_ids, attention_mask, rows, cols, groups)
         return states.float()
@@ -53,7 +55,7 @@ class Teacher:
         teacher prompt. Each distinct prompt is encoded once when `prefix_sharing` allows; else the
         padded rows of `view` (a `train.batch.View` of the same sequences) run whole."""
         device = next(self.model.parameters()).device
-        with self.as_teacher():
+        with self.as_teacher(), packed_linears(self.model, self.packed):
             if self.prefix_sharing.use(self.model, prompts):
                 with autocast_context(self.autocast, device):
                     return shared_prefix_hidden(self.model, prompts, responses, device,

@@ -1,0 +1,103 @@
+"""oneDNN-packed linears: the same products as `F.linear`, only where no gradient is needed."""
+
+import pytest
+import torch
+
+from trajdistill.config import LoraSpec
+from trajdistill.models.lora import apply_lora
+from trajdistill.models.packed import _cache, available, packed_linears
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+
+def logits(model, ids):
+    return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def test_no_grad_forward_equals_the_plain_one_and_the_layers_are_restored(tiny_lm, monkeypatch):
+    import trajdistill.models.packed as packed_module
+
+    used = []
+    pack = packed_module._packed
+    monkeypatch.setattr(packed_module, "_packed", lambda weight: used.append(weight) or pack(weight))
+    ids = torch.randint(10, 2000, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = logits(tiny_lm, ids)
+        with packed_linears(tiny_lm):
+            patched = [m for m in tiny_lm.modules() if "forward" in vars(m)]
+            packed = logits(tiny_lm, ids)
+        after = logits(tiny_lm, ids)
+    assert len(patched) == sum(type(m) is torch.nn.Linear for m in tiny_lm.modules()) > 0
+    assert not any("forward" in vars(m) for m in tiny_lm.modules())
+    assert len(used) == len(patched)  # every linear took the packed path (the head once)
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
+    assert torch.equal(after, plain)
+
+
+def test_a_weight_changed_in_place_is_packed_again(tiny_lm):
+    ids = torch.randint(10, 2000, (2, 5), generator=torch.Generator().manual_seed(1))
+    layer = tiny_lm.model.layers[0].mlp.down_proj
+    with torch.no_grad(), packed_linears(tiny_lm):
+        before = logits(tiny_lm, ids)
+        layer.weight.mul_(3.0)  # an optimizer step or a checkpoint load bumps the version counter
+        changed = logits(tiny_lm, ids)
+    with torch.no_grad():
+        expected = logits(tiny_lm, ids)
+    assert float((changed - before).abs().max()) > 1e-2
+    torch.testing.assert_close(changed, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_passes_with_gradient_autocast_or_float64_take_f_linear_bit_for_bit(tiny_lm):
+    ids = torch.randint(10, 2000, (2, 6), generator=torch.Generator().manual_seed(2))
+    model = apply_lora(tiny_lm, LoraSpec(r=4, alpha=8))
+    plain = logits(model, ids)
+    with packed_linears(model):
+        graded = logits(model, ids)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = logits(model, ids)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cast_plain = logits(model, ids)
+    assert torch.equal(graded, plain) and graded.requires_grad
+    assert torch.equal(cast, cast_plain)
+    wide = model.double()
+    with torch.no_grad():
+        exact = logits(wide, ids)
+        with packed_linears(wide):
+            assert torch.equal(logits(wide, ids), exact)
+
+
+def test_lora_and_the_adapter_off_teacher_follow_their_weights(tiny_lm):
+    ids = torch.randint(10, 2000, (2, 7), generator=torch.Generator().manual_seed(3))
+    model = apply_lora(tiny_lm, LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+        student, base = logits(model, ids), None
+        with model.disable_adapter():
+            base = logits(model, ids)
+        with packed_linears(model):
+            packed_student = logits(model, ids)
+            with model.disable_adapter():
+                packed_base = logits(model, ids)
+    assert float((student - base).abs().max()) > 1e-2
+    torch.testing.assert_close(packed_student, student, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(packed_base, base, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_copies_leave_with_their_weights():
+    layer = torch.nn.Linear(8, 4)
+    with torch.no_grad(), packed_linears(layer):
+        layer(torch.randn(2, 8))
+    key = id(layer.weight)
+    assert key in _cache
+    del layer
+    assert key not in _cache
+
+
+def test_off_changes_nothing(tiny_lm):
+    with packed_linears(tiny_lm, "off"):
+        assert not any("forward" in vars(m) for m in tiny_lm.modules())
+    with pytest.raises(ValueError, match="auto or off"):
+        with packed_linears(tiny_lm, "on"):
+            pass
