@@ -1,9 +1,10 @@
 """Rollout throughput on the embedded SmolLM2-135M-Instruct: HF `generate` vs the native decoding loop,
 in the same run, on the workloads the trainer and the evaluation run.
 
-Prints a Markdown table: for each workload, seconds and generated tokens per second of each backend
-and the native/HF ratio, and whether both produced the same tokens (they draw with the same per-row
-seeds, so they should). Answers end at EOS, as in training: what finishes early leaves the native
+Prints a Markdown table: for each workload, seconds of HF generate, of the native loop and of the
+native loop with oneDNN-packed linears (the default, `model.packed_linear: auto`), their ratios to
+HF, and how many answers equal HF's (all draw with the same per-row seeds: the native loop should
+give HF's tokens; packed linears round differently in float32, so near-ties can flip). Answers end at EOS, as in training: what finishes early leaves the native
 batch. Usage: python benchmarks/sampling.py [--threads 2] [--tokens 64] [--problems 64]
 """
 
@@ -48,21 +49,26 @@ def main() -> None:
         (f"eval: {len(prompts)} x 4 sampled (T=0.6, top-k 20, top-p 0.95)", prompts,
          SamplingParams(n=4, temperature=0.6, top_k=20, top_p=0.95, max_new_tokens=args.tokens, prompt_seeds=seeds)),
     ]
-    samplers = {name: make_sampler(name, model, tok, batch_size=size, progress=False)
-                for name, size in zip(("hf", "native"), args.batch)}
-    for sampler in samplers.values():  # warm-up
+    # HF generate with F.linear (the baseline), the native loop with F.linear, and the native loop as
+    # configured by default (oneDNN-packed linears, `model.packed_linear: auto`)
+    setups = {"hf": ("hf", args.batch[0], "off"), "native": ("native", args.batch[1], "off"),
+              "native+packed": ("native", args.batch[1], "auto")}
+    samplers = {name: make_sampler(backend, model, tok, batch_size=size, progress=False, packed=packed)
+                for name, (backend, size, packed) in setups.items()}
+    for sampler in samplers.values():  # warm-up (and the packed weights' one-time reorder)
         sampler.sample(prompts[:2], SamplingParams(n=1, temperature=0.0, max_new_tokens=4))
     print(f"model {args.model}, float32, {args.threads} threads, at most {args.tokens} new tokens (EOS ends an answer), "
           f"sequences per call: HF {args.batch[0]}, native {args.batch[1]}\n")
-    print("| workload | tokens | HF s | HF tok/s | native s | native tok/s | speed-up | same tokens |")
+    print("| workload | tokens | HF s | native s | native + packed s | native vs HF | native + packed vs HF "
+          "| same tokens as HF: native, native + packed |")
     print("|---|---|---|---|---|---|---|---|")
     for label, ps, params in workloads:
-        hf_s, tokens, hf_out = measure(samplers["hf"], ps, params)
-        nat_s, _, nat_out = measure(samplers["native"], ps, params)
-        same = sum(a == b for a, b in zip(hf_out, nat_out))
-        print(f"| {label} | {tokens} | {hf_s:.1f} | {tokens / hf_s:.0f} | {nat_s:.1f} | {tokens / nat_s:.0f} "
-              f"| {hf_s / nat_s:.2f}x | {same}/{len(hf_out)} |", flush=True)
-
+        runs = {name: measure(sampler, ps, params) for name, sampler in samplers.items()}
+        hf_s, tokens, hf_out = runs["hf"]
+        same = [sum(a == b for a, b in zip(hf_out, runs[name][2])) for name in ("native", "native+packed")]
+        print(f"| {label} | {tokens} | {hf_s:.1f} | {runs['native'][0]:.1f} | {runs['native+packed'][0]:.1f} "
+              f"| {hf_s / runs['native'][0]:.2f}x | {hf_s / runs['native+packed'][0]:.2f}x "
+              f"| {same[0]}/{len(hf_out)}, {same[1]}/{len(hf_out)} |", flush=True)
 
 if __name__ == "__main__":
     main()
