@@ -216,3 +216,38 @@ def test_padding_counts_the_masked_slots_of_the_tensors_each_path_builds():
     assert padding(prompts, responses, shared=True) == (int((p_mask == 0).sum() + (r_mask == 0).sum()),
                                                         p_mask.numel() + r_mask.numel())
     assert padding(prompts, responses, shared=True) == ((0 + 3 + 4) + (2 + 3 + 0 + 1 + 2), 3 * 5 + 5 * 3)
+
+
+def test_ddp_processes_agree_to_share_when_only_one_has_repeated_prompts(tmp_path):
+    """DDP broadcasts buffers in every forward: a process taking the unshared path (one forward)
+    beside one taking the shared path (two) would pair the collectives wrongly and hang."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from trajdistill.models import load_tokenizer, tiny_model
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from shared_ddp import ROWS
+
+    script = os.path.join(os.path.dirname(__file__), "shared_ddp.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+                    script, str(tmp_path)], check=True, env=env, timeout=300)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0]["shared"] is True and got[1]["shared"] is True
+    # the all-reduced gradient is the mean of each process's own, computed here row by row
+    torch.manual_seed(0)
+    model = apply_lora(tiny_model(load_tokenizer("smollm2-135m-instruct"), seed=0), LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))))
+    model.train()
+    for rank in (0, 1):
+        unshared_hidden(model, *ROWS[rank], CPU).pow(2).mean().div(2).backward()
+    grad = next(p.grad for n, p in model.named_parameters() if "lora_A" in n).flatten()[:8]
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.tensor(got[rank]["grad"]), grad, rtol=1e-4, atol=1e-6)

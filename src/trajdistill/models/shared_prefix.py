@@ -166,6 +166,10 @@ class PrefixSharing:
     off: never. on: always (a model that cannot raises). auto: only for batches where some prompt
     repeats, and only if, on first use, a small probe (prompts of two lengths, responses of three)
     runs and gives the unshared states; else the unshared path, with the reason logged once.
+
+    In a multi-process run the processes agree: the shared path (two forwards) runs on all of them
+    when it runs on any (it is exact for prompts of one row too), because DDP broadcasts buffers
+    and FSDP gathers weights in every forward, so they must all run the same number of forwards.
     """
 
     def __init__(self, mode: str = "auto", who: str = "model"):
@@ -180,8 +184,8 @@ class PrefixSharing:
             return False
         if self.mode == "on":
             return True
-        if len({tuple(p) for p in prompts}) == len(prompts):
-            return False  # groups of one: nothing to share
+        if not _any_process(len({tuple(p) for p in prompts}) < len(prompts)):
+            return False  # groups of one everywhere: nothing to share
         inner = getattr(model, "module", model)
         if self.works is None and getattr(inner, "is_gradient_checkpointing", False) and inner.training:
             # transformers turns the cache off while checkpointing in training mode
@@ -191,6 +195,19 @@ class PrefixSharing:
             self.works, reason = probe(model, prompts[0])
             console.print(f"prefix sharing ({self.who}): {'on' if self.works else 'off'}, {reason}")
         return self.works
+
+
+def _any_process(flag: bool) -> bool:
+    """`flag` on any process (itself outside a multi-process run)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.long)
+    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+        value = value.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 @torch.no_grad()
