@@ -107,3 +107,28 @@ def test_off_changes_nothing(tiny_lm):
     with pytest.raises(ValueError, match="auto or off"):
         with packed_linears(tiny_lm, "on"):
             pass
+
+
+def test_lora_layers_run_one_product_with_the_merged_weight_and_follow_each_step(tiny_lm, monkeypatch):
+    import trajdistill.models.packed as packed_module
+
+    merged = []
+    merge = packed_module._lora_weight
+    monkeypatch.setattr(packed_module, "_lora_weight", lambda module: merged.append(module) or merge(module))
+    ids = torch.randint(10, 2000, (2, 7), generator=torch.Generator().manual_seed(4))
+    model = apply_lora(tiny_lm, LoraSpec(r=4, alpha=8))
+    lora_layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for step in range(2):  # a training step between two sampling calls: the merged weights follow
+        with torch.no_grad():
+            plain = logits(model, ids)
+            merged.clear()
+            with packed_linears(model):
+                packed = logits(model, ids)
+        assert len(merged) == len(lora_layers) > 0
+        torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
+        model.train()
+        logits(model, ids).logsumexp(-1).mean().backward()  # a training step, outside the block
+        optimizer.step()
+        optimizer.zero_grad()
+    assert float((logits(model, ids) - plain).abs().max()) > 1e-3  # the adapter did change
