@@ -32,8 +32,9 @@ class ModelSpec(Section):
     packed_linear: Literal["auto", "off"] = "auto"
     """auto: passes without gradient (sampling with the native/HF backends, teacher scoring) multiply
     float32 CPU weights through oneDNN's packed linear (`trajdistill.models.packed`; faster than
-    MKL's sgemm for the few rows of a decoding step, one more copy of the weights in memory);
-    other devices and dtypes are unaffected. off: `F.linear` everywhere."""
+    MKL's sgemm for the few rows of a decoding step; a LoRA layer as one product with its merged
+    weight), at the cost of one more copy of the weights in memory (two with LoRA); other devices
+    and dtypes are unaffected. off: `F.linear` everywhere."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass (non-reentrant
     `torch.utils.checkpoint`): activation memory of one layer instead of all, for ~1/3 more compute."""

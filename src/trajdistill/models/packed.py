@@ -3,30 +3,30 @@
 Sampling and teacher scoring multiply activations by every weight matrix without a gradient. On a
 CPU, `F.linear` hands that to MKL's sgemm, which is slow for the few rows of a decoding step (8
 rows: about 28 GFLOP/s on one core, where the weights can be read at ~20 GB/s). oneDNN's linear on
-a weight reordered once into its blocked layout runs the same products 1.7x faster at 8 rows,
-2.4x for the LM head, and ~1.1x at hundreds of rows (`benchmarks/sampling.py`).
+a weight reordered once into its blocked layout ran the same products 1.7x faster at 8 rows, 2.4x
+for SmolLM2's LM head, and 1.05-1.15x at 200-1024 rows (one core of a 2-core AVX2 machine, fp32);
+whole rollouts: `benchmarks/sampling.py`.
 
 `packed_linears(model)` swaps every `nn.Linear` of the model to that path for the duration of a
-`with` block (a peft LoRA layer to one product with its merged weight `W + s B A`, packed, instead of
-the base product plus the two thin adapter products), falling back to `F.linear` call by call wherever the packed path does not apply
-(gradient needed, autocast on, another dtype or device, sharded weights). The packed copy of a
-weight is made on first use and kept until the weight changes (its version counter moves: an
-optimizer step, a checkpoint load), so frozen base weights are packed once per run and a LoRA
-layer's merged weight once per optimizer step. It costs one
-more copy of the packed weights in memory. Results equal `F.linear` up to float32 summation order.
+`with` block, and a peft LoRA layer to one product with its merged weight `W + s B A` (instead of
+the base product plus two thin adapter products). Wherever the packed path does not apply
+(gradient needed, autocast on, another dtype or device, sharded weights, adapters off or of
+another kind) the call goes to the layer's own forward. A packed copy is made on first use and
+kept until a weight it depends on changes (its version counter moves: an optimizer step, a
+checkpoint load), so frozen base weights are packed once per run and a LoRA layer's merged weight
+once per optimizer step. Memory: one more copy of the weights (two with LoRA: base and merged).
+Results equal `F.linear` up to float32 summation order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import weakref
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
 
 # Thinner matrices (LoRA's A and B) stay on `F.linear`: oneDNN's per-call overhead outweighs its
 # gain there (measured: 8 rollouts x 64 tokens of a LoRA model took 8.0-8.5 s with them packed,
