@@ -132,3 +132,29 @@ def test_lora_layers_run_one_product_with_the_merged_weight_and_follow_each_step
         optimizer.step()
         optimizer.zero_grad()
     assert float((logits(model, ids) - plain).abs().max()) > 1e-3  # the adapter did change
+
+
+def test_sharded_models_are_left_alone(tmp_path):
+    """FSDP gathers sharded weights into the same tensors before each forward: no packed copies."""
+    import subprocess
+    import sys
+
+    script = """
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from trajdistill.models import load_tokenizer, tiny_model
+from trajdistill.models.packed import packable, packed_linears
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29571", world_size=1, rank=0)
+model = tiny_model(load_tokenizer("smollm2-135m-instruct"), seed=0)
+assert packable(model)
+for layer in model.model.layers:
+    fully_shard(layer)
+fully_shard(model)
+assert not packable(model)
+with packed_linears(model):
+    assert not any("forward" in vars(m) for m in model.modules())
+dist.destroy_process_group()
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -123,8 +123,14 @@ def _is_lora_linear(module) -> bool:
 
 
 def packable(model) -> bool:
-    """Whether any weight of `model` could take the packed path (float32 on CPU)."""
-    return any(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    """Whether any weight of `model` could take the packed path (float32 on CPU), and none is
+    sharded: FSDP gathers a sharded layer's weights into the same tensors before every forward,
+    which a packed copy would not follow."""
+    from torch.distributed.tensor import DTensor
+
+    params = list(model.parameters())
+    return (not any(isinstance(p, DTensor) for p in params)
+            and any(p.dtype == torch.float32 and p.device.type == "cpu" for p in params))
 
 
 @contextlib.contextmanager
