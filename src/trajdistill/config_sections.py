@@ -152,8 +152,9 @@ class LossSpec(Section):
     similar length, so that padding positions are not computed; groups minimise padded positions
     + `bucket_cost` per extra forward. auto: in single-process runs; off: one padded forward."""
     bucket_cost: int = Field(64, ge=0)
-    """What one more forward is worth, in positions (measured about 30-60 on a CPU core for a 135M
-    model); raise it where small forwards underuse the device (GPUs: hundreds to thousands)."""
+    """What one more forward is worth, in positions. On a CPU core with SmolLM2-135M, 16 and 64 gave
+    the same update time and 256 a slightly slower one (`benchmarks/bucketing.py`); raise it where
+    small forwards underuse the device (GPUs: likely hundreds to thousands; not measured)."""
 
     @field_validator("share_prefix", mode="before")
     @classmethod
