@@ -4,9 +4,9 @@ Launched by tests/models/test_shared_prefix.py under `torchrun --nproc_per_node 
 
     python shared_ddp.py OUT_DIR
 
-Process 0's rows repeat a prompt, process 1's are all distinct. DDP broadcasts buffers in every
-forward, so both must take the same path (the shared one, two forwards) or the collectives pair up
-wrongly and the run hangs. Each process writes its decision and the all-reduced LoRA gradient.
+Process 0's rows repeat a prompt, process 1's are all distinct. DDP broadcasts buffers in
+forwards, so both must take the same path (the shared one, two forwards) or the collectives pair
+up wrongly and the run hangs. Each process writes its decision and the all-reduced LoRA gradient.
 """
 
 import json

@@ -19,7 +19,7 @@ def test_no_grad_forward_equals_the_plain_one_and_the_layers_are_restored(tiny_l
 
     used = []
     pack = packed_module._packed
-    monkeypatch.setattr(packed_module, "_packed", lambda weight: used.append(weight) or pack(weight))
+    monkeypatch.setattr(packed_module, "_packed", lambda weight, fp: used.append(weight) or pack(weight, fp))
     ids = torch.randint(10, 2000, (3, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         plain = logits(tiny_lm, ids)
@@ -158,3 +158,36 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("change", ["merge_adapter", "data_assign", "data_inplace"])
+def test_writes_that_skip_the_version_counter_are_seen_at_the_next_block(tiny_lm, change):
+    """peft's merge_adapter writes through `.data`, a load may assign new tensors: the packed
+    copies made before must not be used after."""
+    ids = torch.randint(10, 2000, (2, 7), generator=torch.Generator().manual_seed(5))
+    model = apply_lora(tiny_lm, LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+        with packed_linears(model):
+            logits(model, ids)  # packs and caches every weight
+        layer = model.base_model.model.model.layers[0].mlp.down_proj
+        if change == "merge_adapter":
+            model.merge_adapter()
+        elif change == "data_assign":
+            layer.base_layer.weight.data = layer.base_layer.weight.detach() * 3.0
+        else:
+            layer.base_layer.weight.data.mul_(3.0)
+        expected = logits(model, ids)
+        with packed_linears(model):
+            got = logits(model, ids)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_trainable_bias_keeps_its_gradient(tiny_lm):
+    layer = torch.nn.Linear(96, 64)
+    layer.weight.requires_grad_(False)  # frozen weight, trained bias (BitFit)
+    with packed_linears(layer):
+        out = layer(torch.randn(3, 96))
+    assert out.requires_grad

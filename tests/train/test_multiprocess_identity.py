@@ -32,7 +32,9 @@ def _assert_same_update(a: dict, b: dict) -> None:
     assert grads and any(a[k].abs().sum() > 0 for k in grads)
     for k in grads:  # the full-batch gradient, however the batch is split
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-4)  # fp32 summation order
-    torch.testing.assert_close(a["loss"], b["loss"], atol=1e-7, rtol=1e-6)
+    # rtol 1e-5: several processes always take the prefix-shared path (they must agree on it), a
+    # single process only where prompts repeat: the same loss up to fp32 summation order
+    torch.testing.assert_close(a["loss"], b["loss"], atol=1e-7, rtol=1e-5)
     # Adam's first steps are ~lr * sign(g): float noise in near-zero gradients may flip a few
     # elements, so the weights after two steps agree to a fraction of the learning rate (0.01).
     for k in (k for k in a if k.startswith("weight.")):

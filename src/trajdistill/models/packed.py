@@ -32,9 +32,20 @@ import torch.nn.functional as F
 # gain there (measured: 8 rollouts x 64 tokens of a LoRA model took 8.0-8.5 s with them packed,
 # 7.1-7.4 s without; 9.0-10.0 s with nothing packed).
 MIN_SIDE = 64
-_cache: dict[int, tuple] = {}  # id(weight) -> (weakref to it, its version when packed, packed copy)
-_lora_cache: dict[int, tuple] = {}  # id(LoRA layer) -> (weakref, weight versions, packed merged weight)
-_PATCHED = "_trajdistill_packed"
+_cache: dict[int, tuple] = {}  # id(weight) -> (weakref to it, its state when packed, packed copy)
+_lora_cache: dict[int, tuple] = {}  # id(LoRA layer) -> (weakref, its weights' states, packed merged weight)
+_PATCHED = "_trajdistill_packed"  # on a patched module: the fingerprints of its weights at block entry
+
+
+def _fingerprint(weight: torch.Tensor) -> float:
+    """A sum over about 1024 evenly spaced entries. Writes through `.data` (peft's `merge_adapter`)
+    and fused optimizers change a weight without moving its version counter; they move this."""
+    flat = weight.detach().reshape(-1)
+    return float(flat[:: max(1, flat.numel() // 1024)].sum())
+
+
+def _state(weight: torch.Tensor, fingerprint: float) -> tuple:
+    return (weight._version, weight.data_ptr(), fingerprint)
 
 
 def available() -> str | None:
@@ -46,20 +57,21 @@ def available() -> str | None:
     return None
 
 
-def _packed(weight: torch.Tensor) -> torch.Tensor:
-    key = id(weight)
+def _packed(weight: torch.Tensor, fingerprint: float) -> torch.Tensor:
+    key, state = id(weight), _state(weight, fingerprint)
     entry = _cache.get(key)
-    if entry is None or entry[0]() is not weight or entry[1] != weight._version:
+    if entry is None or entry[0]() is not weight or entry[1] != state:
         if entry is None or entry[0]() is not weight:
             weakref.finalize(weight, _cache.pop, key, None)  # the copy goes with its weight
-        entry = (weakref.ref(weight), weight._version, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8))
+        entry = (weakref.ref(weight), state, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8))
         _cache[key] = entry
     return entry[2]
 
 
 def _applies(module: torch.nn.Linear, x: torch.Tensor) -> bool:
-    weight = module.weight
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    weight, bias = module.weight, module.bias
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
         return False
     if torch.is_autocast_enabled("cpu"):
         return False  # autocast computes in its own dtype
@@ -72,7 +84,8 @@ def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, module.weight, module.bias)
     bias = None if module.bias is None else module.bias.detach()
     flat = x.reshape(-1, x.shape[-1])
-    out = torch.ops.mkldnn._linear_pointwise(flat, _packed(module.weight), bias, "none", [], "")
+    packed = _packed(module.weight, getattr(module, _PATCHED)[0])
+    out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -88,8 +101,11 @@ def _lora_weight(module) -> torch.Tensor | None:
     if module.training and any(not isinstance(module.lora_dropout[a], torch.nn.Identity) for a in names):
         return None
     base = module.base_layer.weight
-    key = (base._version, tuple((a, module.lora_A[a].weight._version, module.lora_B[a].weight._version,
-                                 float(module.scaling[a])) for a in names))
+    fingerprints = getattr(module, _PATCHED)
+    key = (_state(base, fingerprints[base]),
+           tuple((a, _state(module.lora_A[a].weight, fingerprints[module.lora_A[a].weight]),
+                  _state(module.lora_B[a].weight, fingerprints[module.lora_B[a].weight]), float(module.scaling[a]))
+                 for a in names))
     entry = _lora_cache.get(id(module))
     if entry is None or entry[0]() is not module or entry[1] != key:
         if entry is None or entry[0]() is not module:
@@ -114,6 +130,17 @@ def _lora_forward(module, original, x: torch.Tensor, *args, **kwargs) -> torch.T
     bias = None if base.bias is None else base.bias.detach()
     out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class _ByIdentity(dict):
+    """Fingerprints of a LoRA layer's weights, looked up by the tensor itself (not by value)."""
+
+    def __init__(self, pairs):
+        super().__init__((id(w), fp) for w, fp in pairs)
+
+    def __getitem__(self, weight):
+        found = self.get(id(weight))
+        return _fingerprint(weight) if found is None else found  # an adapter added inside the block
 
 
 def _is_lora_linear(module) -> bool:
@@ -146,15 +173,18 @@ def packed_linears(model, mode: str = "auto"):
     patched = []
     try:
         for module in model.modules():
-            if hasattr(module, _PATCHED):
+            if hasattr(module, _PATCHED) or "forward" in vars(module):  # ours, or another wrapper's (hooks)
                 continue
             if type(module) is torch.nn.Linear and min(module.weight.shape) >= MIN_SIDE:
                 module.forward = functools.partial(_forward, module)
+                setattr(module, _PATCHED, (_fingerprint(module.weight),))
             elif _is_lora_linear(module):  # LoRA: one product with the merged weight, not three
                 module.forward = functools.partial(_lora_forward, module, module.forward)
+                weights = [module.base_layer.weight] + [layer.weight for name in ("lora_A", "lora_B")
+                                                        for layer in getattr(module, name).values()]
+                setattr(module, _PATCHED, _ByIdentity((w, _fingerprint(w)) for w in weights))
             else:
                 continue
-            setattr(module, _PATCHED, True)
             patched.append(module)
         yield
     finally:

@@ -167,9 +167,10 @@ class PrefixSharing:
     repeats, and only if, on first use, a small probe (prompts of two lengths, responses of three)
     runs and gives the unshared states; else the unshared path, with the reason logged once.
 
-    In a multi-process run the processes agree: the shared path (two forwards) runs on all of them
-    when it runs on any (it is exact for prompts of one row too), because DDP broadcasts buffers
-    and FSDP gathers weights in every forward, so they must all run the same number of forwards.
+    In a multi-process run, auto shares every micro-batch, repeated prompts or not (the shared path
+    is exact for prompts of one row too): DDP broadcasts buffers and FSDP gathers weights in
+    forwards, so the processes must take the same path, and a choice by each one's own prompts
+    would differ between them. The choice needs no collective of its own.
     """
 
     def __init__(self, mode: str = "auto", who: str = "model"):
@@ -184,8 +185,8 @@ class PrefixSharing:
             return False
         if self.mode == "on":
             return True
-        if not _any_process(len({tuple(p) for p in prompts}) < len(prompts)):
-            return False  # groups of one everywhere: nothing to share
+        if len({tuple(p) for p in prompts}) == len(prompts) and not _several_processes():
+            return False  # groups of one: nothing to share
         inner = getattr(model, "module", model)
         if self.works is None and getattr(inner, "is_gradient_checkpointing", False) and inner.training:
             # transformers turns the cache off while checkpointing in training mode
@@ -197,17 +198,10 @@ class PrefixSharing:
         return self.works
 
 
-def _any_process(flag: bool) -> bool:
-    """`flag` on any process (itself outside a multi-process run)."""
+def _several_processes() -> bool:
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([int(flag)], dtype=torch.long)
-    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
-        value = value.to(torch.device("cuda", torch.cuda.current_device()))
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @torch.no_grad()
