@@ -14,6 +14,16 @@ def logits(model, ids):
     return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
 
 
+def lora_student(tiny_lm):
+    """`tiny_lm` with a LoRA adapter that changes its outputs (lora_B drawn, not zero)."""
+    model = apply_lora(tiny_lm, LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
 def test_no_grad_forward_equals_the_plain_one_and_the_layers_are_restored(tiny_lm, monkeypatch):
     import trajdistill.models.packed as packed_module
 
@@ -68,11 +78,8 @@ def test_passes_with_gradient_autocast_or_float64_take_f_linear_bit_for_bit(tiny
 
 def test_lora_and_the_adapter_off_teacher_follow_their_weights(tiny_lm):
     ids = torch.randint(10, 2000, (2, 7), generator=torch.Generator().manual_seed(3))
-    model = apply_lora(tiny_lm, LoraSpec(r=4, alpha=8))
+    model = lora_student(tiny_lm)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
         student, base = logits(model, ids), None
         with model.disable_adapter():
             base = logits(model, ids)
@@ -165,11 +172,8 @@ def test_writes_that_skip_the_version_counter_are_seen_at_the_next_block(tiny_lm
     """peft's merge_adapter writes through `.data`, a load may assign new tensors: the packed
     copies made before must not be used after."""
     ids = torch.randint(10, 2000, (2, 7), generator=torch.Generator().manual_seed(5))
-    model = apply_lora(tiny_lm, LoraSpec(r=4, alpha=8))
+    model = lora_student(tiny_lm)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
         with packed_linears(model):
             logits(model, ids)  # packs and caches every weight
         layer = model.base_model.model.model.layers[0].mlp.down_proj

@@ -57,15 +57,30 @@ def available() -> str | None:
     return None
 
 
-def _packed(weight: torch.Tensor, fingerprint: float) -> torch.Tensor:
-    key, state = id(weight), _state(weight, fingerprint)
-    entry = _cache.get(key)
-    if entry is None or entry[0]() is not weight or entry[1] != state:
-        if entry is None or entry[0]() is not weight:
-            weakref.finalize(weight, _cache.pop, key, None)  # the copy goes with its weight
-        entry = (weakref.ref(weight), state, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8))
-        _cache[key] = entry
+def _cached(cache: dict, owner, state: tuple, make) -> torch.Tensor:
+    """`cache`'s packed copy for `owner` (a weight or a LoRA layer), made anew by `make()` when the
+    state it was made from differs; the entry goes when its owner does."""
+    key = id(owner)
+    entry = cache.get(key)
+    if entry is None or entry[0]() is not owner:  # a new owner (ids are reused after death)
+        weakref.finalize(owner, cache.pop, key, None)
+        entry = None
+    if entry is None or entry[1] != state:
+        entry = (weakref.ref(owner), state, make())
+        cache[key] = entry
     return entry[2]
+
+
+def _packed(weight: torch.Tensor, fingerprint: float) -> torch.Tensor:
+    return _cached(_cache, weight, _state(weight, fingerprint),
+                   lambda: torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8))
+
+
+def _product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`x @ W.T + b` through oneDNN on `W` packed, for any leading shape of `x`."""
+    bias = None if bias is None else bias.detach()
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def _applies(module: torch.nn.Linear, x: torch.Tensor) -> bool:
@@ -82,11 +97,7 @@ def _applies(module: torch.nn.Linear, x: torch.Tensor) -> bool:
 def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if not _applies(module, x):
         return F.linear(x, module.weight, module.bias)
-    bias = None if module.bias is None else module.bias.detach()
-    flat = x.reshape(-1, x.shape[-1])
-    packed = _packed(module.weight, getattr(module, _PATCHED)[0])
-    out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
-    return out.reshape(*x.shape[:-1], out.shape[-1])
+    return _product(x, _packed(module.weight, getattr(module, _PATCHED)[0]), module.bias)
 
 
 def _lora_weight(module) -> torch.Tensor | None:
@@ -106,30 +117,24 @@ def _lora_weight(module) -> torch.Tensor | None:
            tuple((a, _state(module.lora_A[a].weight, fingerprints[module.lora_A[a].weight]),
                   _state(module.lora_B[a].weight, fingerprints[module.lora_B[a].weight]), float(module.scaling[a]))
                  for a in names))
-    entry = _lora_cache.get(id(module))
-    if entry is None or entry[0]() is not module or entry[1] != key:
-        if entry is None or entry[0]() is not module:
-            weakref.finalize(module, _lora_cache.pop, id(module), None)
+
+    def merge() -> torch.Tensor:
         merged = base.detach().clone()
         for a in names:
             merged.addmm_(module.lora_B[a].weight.detach(), module.lora_A[a].weight.detach(),
                           alpha=float(module.scaling[a]))
-        entry = (weakref.ref(module), key, torch.ops.mkldnn._reorder_linear_weight(merged, 8))
-        _lora_cache[id(module)] = entry
-    return entry[2]
+        return torch.ops.mkldnn._reorder_linear_weight(merged, 8)
+
+    return _cached(_lora_cache, module, key, merge)
 
 
 def _lora_forward(module, original, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     base = module.base_layer
-    if args or kwargs or type(base) is not torch.nn.Linear or not _applies(base, x) or any(
-            p.requires_grad for p in module.parameters()) and torch.is_grad_enabled():
+    if args or kwargs or type(base) is not torch.nn.Linear or not _applies(base, x) or (
+            torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())):
         return original(x, *args, **kwargs)
     packed = _lora_weight(module)
-    if packed is None:
-        return original(x, *args, **kwargs)
-    bias = None if base.bias is None else base.bias.detach()
-    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
-    return out.reshape(*x.shape[:-1], out.shape[-1])
+    return original(x, *args, **kwargs) if packed is None else _product(x, packed, base.bias)
 
 
 class _ByIdentity(dict):
