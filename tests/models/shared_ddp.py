@@ -27,17 +27,22 @@ ROWS = {0: ([[5, 17, 300, 42], [5, 17, 300, 42], [7, 8, 9]], [[11, 12, 13], [14,
         1: ([[33, 34, 35], [900, 12, 13, 14]], [[20, 21], [22, 23, 24]])}
 
 
-def main(out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
+def lora_model():
+    """The tiny model with a LoRA adapter that changes it, the same in every process, in train mode."""
     torch.manual_seed(0)
     model = apply_lora(tiny_model(load_tokenizer("smollm2-135m-instruct"), seed=0), LoraSpec(r=4, alpha=8))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))))
-    model.train()
+    return model.train()
+
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = lora_model()
     wrapped = DistributedDataParallel(model)
     prompts, responses = ROWS[rank]
     shared = PrefixSharing("auto", "student").use(wrapped, prompts)

@@ -226,10 +226,8 @@ def test_ddp_processes_agree_to_share_when_only_one_has_repeated_prompts(tmp_pat
     import subprocess
     import sys
 
-    from trajdistill.models import load_tokenizer, tiny_model
-
     sys.path.insert(0, os.path.dirname(__file__))
-    from shared_ddp import ROWS
+    from shared_ddp import ROWS, lora_model
 
     script = os.path.join(os.path.dirname(__file__), "shared_ddp.py")
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
@@ -239,13 +237,7 @@ def test_ddp_processes_agree_to_share_when_only_one_has_repeated_prompts(tmp_pat
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert got[0]["shared"] is True and got[1]["shared"] is True
     # the all-reduced gradient is the mean of each process's own, computed here row by row
-    torch.manual_seed(0)
-    model = apply_lora(tiny_model(load_tokenizer("smollm2-135m-instruct"), seed=0), LoraSpec(r=4, alpha=8))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))))
-    model.train()
+    model = lora_model()
     for rank in (0, 1):
         unshared_hidden(model, *ROWS[rank], CPU).pow(2).mean().div(2).backward()
     grad = next(p.grad for n, p in model.named_parameters() if "lora_A" in n).flatten()[:8]
