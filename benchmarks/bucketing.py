@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prefix_sharing import build_method, one_update, sequences  # noqa: E402
+from prefix_sharing import build_method, one_update, record_per_token, sequences  # noqa: E402
 
 
 def with_lengths(seqs, lengths):
@@ -58,14 +58,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg, ctx, method = build_method(args, Path(tmp))
-        divergence = method.divergence
-
-        def keep_per_token(*a, **k):
-            loss, per_token = divergence(*a, **k)
-            method.last_per_token = per_token.detach().float().cpu()
-            return loss, per_token
-
-        method.divergence = keep_per_token
+        record_per_token(method)
         shapes = {
             f"{args.problems} x {args.n} (shared prompts)": with_lengths(
                 sequences(method, ctx.tokenizer, args, args.prompt_tokens), lengths),

@@ -102,6 +102,18 @@ def padded_shares(seqs, shared: bool) -> str:
     return ", ".join(out)
 
 
+def record_per_token(method) -> None:
+    """Keep the last call's detached per-token divergence on `method.last_per_token`."""
+    divergence = method.divergence
+
+    def keep_per_token(*a, **k):
+        loss, per_token = divergence(*a, **k)
+        method.last_per_token = per_token.detach().float().cpu()
+        return loss, per_token
+
+    method.divergence = keep_per_token
+
+
 def one_update(method, ctx, seqs, totals, per_token_out: list) -> tuple[float, float, float, float]:
     """(teacher wall, teacher CPU, student wall, student CPU) seconds of one update."""
     from trajdistill.train.batch import collate
@@ -139,14 +151,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg, ctx, method = build_method(args, Path(tmp))
-        divergence = method.divergence
-
-        def keep_per_token(*a, **k):
-            loss, per_token = divergence(*a, **k)
-            method.last_per_token = per_token.detach().float().cpu()
-            return loss, per_token
-
-        method.divergence = keep_per_token
+        record_per_token(method)
         modes = {"unshared": "off", "shared": "on"}
         rows = []
         for prompt_tokens in args.prompt_tokens:
