@@ -23,8 +23,8 @@ from trajdistill.losses import chunked_divergence_from_hidden, sampled_token_obj
 from trajdistill.methods.base import Method, StepResult, TeacherKind
 from trajdistill.methods.onpolicy_metrics import divergence_metrics, rollout_metrics
 from trajdistill.methods.onpolicy_options import OnPolicyOptions, SettingOptions
-from trajdistill.models.backbone import final_hidden, lm_head_weight
-from trajdistill.models.buckets import Bucketing, bucketed_states
+from trajdistill.models.backbone import lm_head_weight
+from trajdistill.models.buckets import Bucketing, bucketed_final_hidden
 from trajdistill.models.shared_prefix import PrefixSharing, padding, shared_prefix_hidden
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
@@ -201,9 +201,7 @@ class OnPolicyDistillation(Method):
         if self.prefix_sharing.use(model, prompts):
             return shared_prefix_hidden(model, prompts, [q.response for q in seqs], device, self.ctx.pad_id,
                                         bucketing=self.bucketing)
-        groups = self.bucketing.groups(s.attention_mask.sum(-1).tolist())
-        return bucketed_states(lambda ids, mask: final_hidden(model, ids.to(device), mask.to(device)),
-                               s.input_ids, s.attention_mask, s.rows, s.cols, groups)
+        return bucketed_final_hidden(model, s.input_ids, s.attention_mask, s.rows, s.cols, self.bucketing, device)
 
     @functools.cached_property
     def prefix_sharing(self) -> PrefixSharing:

@@ -14,10 +14,13 @@ mask and positions, so the states equal the one-forward states up to float summa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from rich.console import Console
+
+from trajdistill.models.backbone import final_hidden
 
 console = Console(stderr=True)
 
@@ -25,10 +28,15 @@ console = Console(stderr=True)
 def length_buckets(lengths: list[int], cost: float) -> list[list[int]]:
     """Row indices grouped to minimise `sum_g |g| * max_len(g) + cost * (number of groups)`;
     groups are in length order, rows in a group in length order (ties by index)."""
+    return [list(g) for g in _split(tuple(lengths), float(cost))]
+
+
+@functools.lru_cache(maxsize=16)  # a micro-batch's lengths are split for its forward and its metric
+def _split(lengths: tuple[int, ...], cost: float) -> tuple[tuple[int, ...], ...]:
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     n = len(order)
     if n == 0:
-        return []
+        return ()
     best = [0.0] + [float("inf")] * n  # best[j]: cheapest split of the j shortest rows
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
@@ -40,9 +48,9 @@ def length_buckets(lengths: list[int], cost: float) -> list[list[int]]:
     groups = []
     j = n
     while j > 0:
-        groups.append(order[cut[j] : j])
+        groups.append(tuple(order[cut[j] : j]))
         j = cut[j]
-    return groups[::-1]
+    return tuple(groups[::-1])
 
 
 class Bucketing:
@@ -63,14 +71,27 @@ class Bucketing:
         """The row groups for these row lengths, or None for one forward over all rows."""
         if self.mode == "off" or len(lengths) < 2:
             return None
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        if several_processes():
             if not self._told:
                 console.print(f"length bucketing ({self.who}): off, every process must run the same forwards")
                 self._told = True
             return None
         groups = length_buckets(lengths, self.cost)
         return groups if len(groups) > 1 else None
+
+
+def several_processes() -> bool:
+    """Whether this process is one of several of a distributed job."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def bucketed_final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                          cols: torch.Tensor, bucketing: Bucketing, device) -> torch.Tensor:
+    """The model's final hidden states at `(rows, cols)` of right-padded rows, the forward run in
+    the length groups `bucketing` chooses (one forward when it chooses none)."""
+    return bucketed_states(lambda ids, mask: final_hidden(model, ids.to(device), mask.to(device)),
+                           input_ids, attention_mask, rows, cols, bucketing.groups(attention_mask.sum(-1).tolist()))
 
 
 def bucketed_states(run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], input_ids: torch.Tensor,

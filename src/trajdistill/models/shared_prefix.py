@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 
 from trajdistill.models.backbone import base_causal_lm, final_hidden
-from trajdistill.models.buckets import Bucketing
+from trajdistill.models.buckets import Bucketing, several_processes
 
 console = Console(stderr=True)
 
@@ -185,7 +185,7 @@ class PrefixSharing:
             return False
         if self.mode == "on":
             return True
-        if len({tuple(p) for p in prompts}) == len(prompts) and not _several_processes():
+        if len({tuple(p) for p in prompts}) == len(prompts) and not several_processes():
             return False  # groups of one: nothing to share
         inner = getattr(model, "module", model)
         if self.works is None and getattr(inner, "is_gradient_checkpointing", False) and inner.training:
@@ -196,12 +196,6 @@ class PrefixSharing:
             self.works, reason = probe(model, prompts[0])
             console.print(f"prefix sharing ({self.who}): {'on' if self.works else 'off'}, {reason}")
         return self.works
-
-
-def _several_processes() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @torch.no_grad()

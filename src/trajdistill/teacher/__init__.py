@@ -17,8 +17,8 @@ import copy
 
 import torch
 
-from trajdistill.models.backbone import final_hidden, lm_head_weight
-from trajdistill.models.buckets import Bucketing, bucketed_states
+from trajdistill.models.backbone import lm_head_weight
+from trajdistill.models.buckets import Bucketing, bucketed_final_hidden
 from trajdistill.models.packed import packed_linears
 from trajdistill.models.precision import autocast_context
 from trajdistill.models.shared_prefix import PrefixSharing, shared_prefix_hidden
@@ -43,10 +43,8 @@ class Teacher:
     def hidden(self, input_ids, attention_mask, rows, cols) -> torch.Tensor:
         """Final hidden states [N, H] at (rows, cols) of the teacher sequences."""
         device = next(self.model.parameters()).device
-        groups = self.bucketing.groups(attention_mask.sum(-1).tolist())
         with self.as_teacher(), packed_linears(self.model, self.packed), autocast_context(self.autocast, device):
-            states = bucketed_states(lambda ids, mask: final_hidden(self.model, ids.to(device), mask.to(device)),
-                                     input_ids, attention_mask, rows, cols, groups)
+            states = bucketed_final_hidden(self.model, input_ids, attention_mask, rows, cols, self.bucketing, device)
         return states.float()
 
     @torch.no_grad()
