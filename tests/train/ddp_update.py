@@ -5,7 +5,10 @@ Launched by tests/train/test_multiprocess_identity.py as one process and under
 also checkpoints after the first step, exports `final/` after the second, then resumes from the
 checkpoint and repeats the second step: the resumed weights are saved as `resumed.*`.
 
-    python ddp_update.py OUT.safetensors AGGREGATION [STRATEGY] [lora|full]
+    python ddp_update.py OUT.safetensors AGGREGATION [STRATEGY] [lora|full] [ROWS]
+
+ROWS (default 8) sequences make the global batch: 5 gives the two processes 3 and 2 sequences, i.e.
+2 micro-batches against 1.
 """
 
 import sys
@@ -35,7 +38,7 @@ def fixed_sequences(step: int) -> list[TrainSequence]:
     return seqs
 
 
-def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora") -> None:
+def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora", rows: str = "8") -> None:
     torch.set_num_threads(1)
     tok = load_tokenizer("smollm2-135m-instruct")
     run_dir = Path(out).parent / "run"
@@ -48,7 +51,7 @@ def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora
     batches = {s: fixed_sequences(s) for s in range(2)}
     method.collect = lambda items, step: StepResult([batches[step][i] for i in items])
     trainer = Trainer(cfg, run_dir, method, ctx, list(range(8)), accelerator=accelerator)
-    trainer.order.indices = lambda step: list(range(8))  # the same fixed global batch, in order
+    trainer.order.indices = lambda step: list(range(int(rows)))  # the same fixed global batch, in order
     model = trainer.model
     grads = {}
     calls = []

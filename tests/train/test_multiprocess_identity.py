@@ -69,3 +69,14 @@ def test_fsdp_two_processes_give_the_single_process_update_checkpoint_and_export
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "double" / "run" / "final")
     ids = torch.tensor([[12, 345, 678, 910]])
     assert torch.isfinite(exported(input_ids=ids).logits).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,rows,port", [("fsdp", "5", 29537), ("fsdp", "1", 29538), ("ddp", "1", 29539)])
+def test_uneven_processes_stay_in_step_and_give_the_single_process_update(tmp_path, strategy, rows, port, tokenizer):
+    """5 sequences split 3 / 2 give the processes 2 micro-batches against 1; 1 sequence leaves one
+    process with none. The short process runs fillers through the same forwards (under FSDP every
+    forward gathers the sharded weights: a process running fewer hung the other), and the update is
+    still the full batch's."""
+    a, b = _single_and_double(tmp_path, port, "token", strategy, "lora", rows)
+    _assert_same_update(a, b)

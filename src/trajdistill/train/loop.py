@@ -36,7 +36,8 @@ from trajdistill.config import RunConfig, save_config
 from trajdistill.models.precision import autocast_context
 from trajdistill.files import append_jsonl, atomic_write_jsonl, iter_jsonl_numbered, repair_jsonl_tail
 from trajdistill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from trajdistill.train.lockstep import DataOrder, all_reduce_sums, merge_metric_sums, seed_everything, zero_loss
+from trajdistill.train.lockstep import (DataOrder, all_reduce_sums, lockstep_micro_batches, merge_metric_sums,
+                                        seed_everything, zero_loss)
 from trajdistill.train.optim import build_optimizer, trainable_parameters
 from trajdistill.train.progress import RunLog, step_line
 
@@ -177,18 +178,19 @@ class Trainer:
         totals = all_reduce_sums(self.method.counts(result.units), self.device)
         metric_parts = [result.metrics]
         self.model.train()
-        units = result.units
-        size = self.cfg.optim.micro_batch_size
-        micro = [units[i : i + size] for i in range(0, len(units), size)] or [[]]
+        micro = lockstep_micro_batches(result.units, self.cfg.optim.micro_batch_size, self.device)
         loss_total = 0.0
-        for i, mb in enumerate(micro):
+        for i, (mb, counts) in enumerate(micro):
             sync = i == len(micro) - 1
             ctx = self.accelerator.no_sync(self.model) if (self.accelerator and not sync) else contextlib.nullcontext()
             with ctx:
                 with autocast_context(self.cfg.model.autocast, self.device):  # forward only
                     if mb and totals.get("tokens", 1) > 0:
                         loss, parts = self.method.loss(mb, totals)
-                        metric_parts.append(parts)
+                        if counts:
+                            metric_parts.append(parts)
+                        else:  # a filler: the same forwards as a real micro-batch, no contribution
+                            loss = loss * 0.0
                     else:
                         loss = zero_loss(self.model)
                 scaled = loss * self.world
