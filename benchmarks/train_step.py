@@ -44,6 +44,9 @@ problem 4 times), so our prefix sharing applies (one prefill per problem in samp
 encoding per problem in the teacher's scoring and the student's forward/backward); `--context-tokens
 T` puts the same worked examples (about T tokens of other problems with their solutions) before
 every problem, on both sides: the student prompt and our teacher's privileged prompt grow alike.
+`--reference-tokens T` makes each reference solution about T tokens (as a reasoning trace used as
+the reference would be): only our teacher's privileged prompt grows, TRL's teacher does not read it.
+    .venv/bin/python benchmarks/train_step.py --n 4 --reference-tokens 1000  # long privileged reference
     .venv/bin/python benchmarks/train_step.py --batch 8 --tokens 64 --steps 3 --threads 2
 """
 
@@ -149,8 +152,27 @@ def build_ours(args, tokenizer, run_dir: Path):
         n=args.n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.tokens,
         seed=cfg.seed * 100_003 + step * 7919, stop_at_eos=False)
     problems = with_context(load_run_problems(cfg).train, args.context_tokens, tokenizer)
+    problems = with_long_reference(problems, args.reference_tokens, tokenizer)
     trainer = Trainer(cfg, run_dir, method, ctx, problems, log_console=False)
     return cfg, method, trainer
+
+
+def with_long_reference(problems: list, tokens: int, tokenizer) -> list:
+    """`problems` whose reference solution (our teacher's privileged context; TRL's teacher does not
+    see it) is about `tokens` tokens: the worked solutions of the last problems, then its own, as a
+    long reasoning trace would be; unchanged for 0."""
+    if tokens <= 0:
+        return problems
+    steps: list[str] = []
+    for p in reversed(problems):
+        steps.append(f"Consider a similar problem: {p.prompt}\nIts solution: {p.reference}")
+        if len(tokenizer("\n\n".join(steps))["input_ids"]) >= tokens:
+            break
+    lead = "\n\n".join(steps)
+    return [dataclasses.replace(p, reference=f"{lead}{OWN_SOLUTION}{p.reference}") for p in problems]
+
+
+OWN_SOLUTION = "\n\nFor this problem: "  # ends the lead of a lengthened reference
 
 
 def with_context(problems: list, tokens: int, tokenizer) -> list:
@@ -214,14 +236,14 @@ def build_trl(args, tokenizer, rows: list[dict], out_dir: Path, callback):
 
 
 def trl_rows(method, problems) -> list[dict]:
-    """GKD's ChatML rows: the same user turn as our student prompt, the reference as the (unused,
-    lmbda=1) assistant turn."""
+    """GKD's ChatML rows: the same user turn as our student prompt, the problem's own solution (without
+    a lengthened reference's lead) as the (unused, lmbda=1) assistant turn."""
     instruction = method.cfg.prompt.instruction
     rows = []
     for p in problems:
         user = f"{p.prompt}\n\n{instruction}".strip() if instruction else p.prompt
         rows.append({"messages": [{"role": "user", "content": user},
-                                  {"role": "assistant", "content": p.reference or "."}]})
+                                  {"role": "assistant", "content": (p.reference or ".").split(OWN_SOLUTION)[-1]}]})
     return rows
 
 
@@ -235,6 +257,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1, help="responses per problem (divides --batch)")
     ap.add_argument("--context-tokens", type=int, default=0,
                     help="worked examples of about this many tokens before every problem (both sides)")
+    ap.add_argument("--reference-tokens", type=int, default=0,
+                    help="make each reference solution (our teacher's privileged context) about this many tokens")
     ap.add_argument("--no-diag-row", action="store_true",
                     help="skip the extra 'ours, diagnostics off' step per round")
     args = ap.parse_args()
@@ -387,6 +411,7 @@ def main() -> None:
           f"{lora_params / 1e6:.2f}M trainable), fp32 CPU, torch {torch.__version__}, {args.threads} threads, "
           f"{os.cpu_count()} CPUs; batch {args.batch} sequences ({args.batch // args.n} problems x {args.n}) x "
           f"{args.tokens} forced completion tokens; worked-example context {args.context_tokens} tokens; "
+          f"reference solutions of about {args.reference_tokens} tokens (0: as in the data); "
           f"median of {args.steps} steps after 1 warm-up, steps alternating TRL/ours.")
     print(f"Load average (1/5/15 min): {load_start} at start, {load_end} at end -- the cores are shared, "
           "so wall times are noisy; the CPU-time row is steadier.")
