@@ -8,7 +8,8 @@ checkpoint and repeats the second step: the resumed weights are saved as `resume
     python ddp_update.py OUT.safetensors AGGREGATION [STRATEGY] [lora|full] [ROWS]
 
 ROWS (default 8) sequences make the global batch: 5 gives the two processes 3 and 2 sequences, i.e.
-2 micro-batches against 1.
+2 micro-batches against 1. ROWS may also list the sequences (`0,1`: sequence 0, whose response is one
+token, for the first process, sequence 1 for the second).
 """
 
 import sys
@@ -51,7 +52,8 @@ def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora
     batches = {s: fixed_sequences(s) for s in range(2)}
     method.collect = lambda items, step: StepResult([batches[step][i] for i in items])
     trainer = Trainer(cfg, run_dir, method, ctx, list(range(8)), accelerator=accelerator)
-    trainer.order.indices = lambda step: list(range(int(rows)))  # the same fixed global batch, in order
+    chosen = list(range(int(rows))) if rows.isdigit() else [int(i) for i in rows.split(",")]
+    trainer.order.indices = lambda step: chosen  # the same fixed global batch, in order
     model = trainer.model
     grads = {}
     calls = []

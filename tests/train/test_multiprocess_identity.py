@@ -72,11 +72,13 @@ def test_fsdp_two_processes_give_the_single_process_update_checkpoint_and_export
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,rows,port", [("fsdp", "5", 29537), ("fsdp", "1", 29538), ("ddp", "1", 29539)])
+@pytest.mark.parametrize("strategy,rows,port", [("fsdp", "5", 29537), ("fsdp", "1", 29538), ("ddp", "1", 29539),
+                                                ("fsdp", "0,1", 29540)])
 def test_uneven_processes_stay_in_step_and_give_the_single_process_update(tmp_path, strategy, rows, port, tokenizer):
     """5 sequences split 3 / 2 give the processes 2 micro-batches against 1; 1 sequence leaves one
-    process with none. The short process runs fillers through the same forwards (under FSDP every
-    forward gathers the sharded weights: a process running fewer hung the other), and the update is
-    still the full batch's."""
+    process with none; `0,1` gives one process a micro-batch whose responses are all one token (the
+    prefix-shared path needs no response pass there, the other process's does). Every process runs
+    the same forwards (under FSDP every forward gathers the sharded weights: a process running fewer
+    hung the other), and the update is still the full batch's."""
     a, b = _single_and_double(tmp_path, port, "token", strategy, "lora", rows)
     _assert_same_update(a, b)

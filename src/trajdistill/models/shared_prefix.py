@@ -92,7 +92,10 @@ def shared_prefix_hidden(model, prompts: list[list[int]], responses: list[list[i
     group = torch.tensor(group_of, dtype=torch.long)
     last = prompt_states[torch.arange(len(distinct), device=device), (prompt_len - 1).to(device)]  # [G, H]
 
-    feed = [r[:-1] for r in responses]  # the last token predicts nothing
+    # The last token predicts nothing, so it is not fed, except with several processes: there
+    # every micro-batch must run the response pass (FSDP gathers the weights in every forward), even
+    # one whose responses are all one token long; the extra position's state is not read.
+    feed = [list(r) if several_processes() else r[:-1] for r in responses]
     if max(len(r) for r in feed) == 0:
         return last[group.to(device)]
     groups = (bucketing.groups([len(r) for r in feed]) if bucketing is not None else None) \
@@ -147,7 +150,7 @@ def padding(prompts: list[list[int]], responses: list[list[int]], shared: bool,
         computed = _slots(lengths, bucketing)
         return computed - sum(lengths), computed
     distinct, _ = group_rows(prompts)
-    feed = [len(r) - 1 for r in responses]
+    feed = [len(r) if several_processes() else len(r) - 1 for r in responses]  # as shared_prefix_hidden feeds
     prompt_slots = len(distinct) * max((len(p) for p in distinct), default=0)
     response_slots = _slots(feed, bucketing)
     real = sum(len(p) for p in distinct) + sum(feed)
