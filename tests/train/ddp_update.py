@@ -68,7 +68,9 @@ def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora
         return step_fn(*args, **kwargs)
 
     trainer.optimizer.step = capture_then_step
-    losses = [trainer.train_step(0)["loss"]]
+    first = trainer.train_step(0)
+    losses = [first["loss"]]
+    means = [first[k] for k in ("kl/mean", "kl/correct", "kl/incorrect")]  # fillers must not count
     trainer._checkpoint(1)
     losses.append(trainer.train_step(1)["loss"])
     trained = {k: v.clone() for k, v in trainable_state(model).items()}
@@ -81,6 +83,7 @@ def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora
         state.update({f"resumed.{k}": v for k, v in resumed.items()})
         state.update({f"grad0.{k}": v for k, v in grads.items() if k.startswith("step0.")})
         state["loss"] = torch.tensor(losses, dtype=torch.float64)
+        state["kl_means"] = torch.tensor(means, dtype=torch.float64)
         save_file(state, out)
     if accelerator:  # a clean teardown: a rank exiting while gloo threads run aborts the process
         finish_process(0)

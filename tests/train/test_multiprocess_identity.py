@@ -35,6 +35,8 @@ def _assert_same_update(a: dict, b: dict) -> None:
     # rtol 1e-5: several processes always take the prefix-shared path (they must agree on it), a
     # single process only where prompts repeat: the same loss up to fp32 summation order
     torch.testing.assert_close(a["loss"], b["loss"], atol=1e-7, rtol=1e-5)
+    # the logged per-token means cover the batch's tokens once each (no filler counted)
+    torch.testing.assert_close(a["kl_means"], b["kl_means"], atol=1e-7, rtol=1e-5, equal_nan=True)  # nan: no such rows
     # Adam's first steps are ~lr * sign(g): float noise in near-zero gradients may flip a few
     # elements, so the weights after two steps agree to a fraction of the learning rate (0.01).
     for k in (k for k in a if k.startswith("weight.")):

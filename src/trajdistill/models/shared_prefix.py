@@ -9,6 +9,7 @@ their own prompt:
 
     prompt pass    P_g right-padded to L          -> h_P [G, L, H],  K, V [G, heads, L, d]
     response pass  y_i[:-1] on K, V[g(i)]         -> h_y [B, R, H],  positions len(P_g) + j
+                   (all of y_i with several processes, so that the pass always runs)
     state predicting y_i[0] = h_P[g(i), len(P_g) - 1];  y_i[j], j >= 1: h_y[i, j - 1]
 
 The padded prompt slots stay in the cache, hidden by the response pass's attention mask (the
