@@ -84,3 +84,24 @@ def test_uneven_processes_stay_in_step_and_give_the_single_process_update(tmp_pa
     hung the other), and the update is still the full batch's."""
     a, b = _single_and_double(tmp_path, port, "token", strategy, "lora", rows)
     _assert_same_update(a, b)
+
+
+@pytest.mark.slow
+def test_step_scoring_in_collect_stays_in_step_on_uneven_fsdp_processes(tmp_path, tokenizer):
+    """ReNIO/TOPD score the step in `collect` (teacher states, student log-probs, per-token
+    divergences) one chunk at a time; with 3 sequences on one process and 1 on the other the
+    processes ran 3 and 1 sharded forwards and hung. Their results equal one process's."""
+    import json
+
+    script = os.path.join(os.path.dirname(__file__), "step_scores_fsdp.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "one")], check=True, env=_env(), timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                    script, str(tmp_path / "two")], check=True, env=_env(), timeout=300)
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    parts = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for key in ("logprobs", "divergences", "teacher"):
+        two = parts[0][key] + parts[1][key]
+        assert len(two) == len(one[key]) == 4
+        for a, b in zip(one[key], two):
+            torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
+                                       atol=1e-4, rtol=1e-4)

@@ -16,6 +16,7 @@ from trajdistill.methods.onpolicy import Hidden, OnPolicyDistillation
 from trajdistill.models.backbone import lm_head_weight
 from trajdistill.train.batch import TrainSequence, collate
 from trajdistill.losses.logprobs import token_logprobs
+from trajdistill.train.lockstep import lockstep_micro_batches
 
 
 def padded(rows: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,20 +32,24 @@ def padded(rows: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, t
 
 class StepScoredDistillation(OnPolicyDistillation):
     def _chunks(self, seqs: list[TrainSequence]):
-        size = self.cfg.optim.micro_batch_size
-        for start in range(0, len(seqs), size):
-            yield seqs[start : start + size]
+        """`(chunk, counts)` per `micro_batch_size` sequences; with several processes, as many chunks
+        on every process (fillers, `counts` False, whose results are dropped), since under FSDP every
+        forward gathers the sharded weights (see `lockstep_micro_batches`)."""
+        for chunk, counts in lockstep_micro_batches(seqs, self.cfg.optim.micro_batch_size, self.ctx.device):
+            if chunk:
+                yield chunk, counts
 
     @torch.no_grad()
     def cache_teacher_hidden(self, seqs: list[TrainSequence]) -> None:
         """Score the teacher once per sequence; the loss (`hidden`) reuses it."""
         todo = [s for s in seqs if s.teacher_hidden is None]
-        for chunk in self._chunks(todo):
+        for chunk, counts in self._chunks(todo):
             t = collate(chunk, self.ctx.pad_id).teacher
             states = self.ctx.teacher.response_hidden([s.teacher_prompt for s in chunk],
                                                       [s.teacher_response or s.response for s in chunk], t).cpu()
             for seq, h in zip(chunk, states.split([len(s.response) for s in chunk])):
-                seq.teacher_hidden = h
+                if counts:
+                    seq.teacher_hidden = h
 
     @torch.no_grad()
     def teacher_token_logprobs(self, seqs: list[TrainSequence], temperature: float) -> list[torch.Tensor]:
@@ -61,13 +66,14 @@ class StepScoredDistillation(OnPolicyDistillation):
     def student_token_logprobs(self, seqs: list[TrainSequence], temperature: float) -> list[torch.Tensor]:
         """`log p_S(y_t)` at `temperature` from a forward pass (when the sampler's are unavailable)."""
         out: list[torch.Tensor] = []
-        for chunk in self._chunks(seqs):
+        for chunk, counts in self._chunks(seqs):
             batch = collate(chunk, self.ctx.pad_id)
             device = self.ctx.device
             lp = token_logprobs(self.student_hidden(chunk, batch), lm_head_weight(self.ctx.model).detach(),
                                 batch.targets.to(device), temperature=temperature,
                                 chunk_size=self.cfg.loss.chunk_size).cpu()
-            out += list(lp.split(batch.lengths.tolist()))
+            if counts:
+                out += list(lp.split(batch.lengths.tolist()))
         return out
 
     @torch.no_grad()
@@ -75,11 +81,12 @@ class StepScoredDistillation(OnPolicyDistillation):
         """`D_t` of every response token with the configured divergence, no gradient: `[len]` per sequence."""
         self.cache_teacher_hidden(seqs)
         out: list[torch.Tensor] = []
-        for chunk in self._chunks(seqs):
+        for chunk, counts in self._chunks(seqs):
             batch = collate(chunk, self.ctx.pad_id)
             h = self.hidden(chunk, batch)
             h = Hidden(h.student.detach(), h.teacher, h.student_head.detach(), h.teacher_head)
             ones = torch.ones(batch.num_tokens, device=h.student.device)
             _, per_token = self.divergence(h, batch.targets.to(h.student.device), ones, 1.0)
-            out += list(per_token.detach().float().cpu().split(batch.lengths.tolist()))
+            if counts:
+                out += list(per_token.detach().float().cpu().split(batch.lengths.tolist()))
         return out
