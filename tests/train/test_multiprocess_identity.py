@@ -87,18 +87,25 @@ def test_uneven_processes_stay_in_step_and_give_the_single_process_update(tmp_pa
 
 
 @pytest.mark.slow
-def test_step_scoring_in_collect_stays_in_step_on_uneven_fsdp_processes(tmp_path, tokenizer):
+@pytest.mark.parametrize("method,port", [("renio", 29541), ("topd", 29542)])
+def test_step_scoring_in_collect_stays_in_step_on_uneven_fsdp_processes(tmp_path, method, port, tokenizer):
     """ReNIO/TOPD score the step in `collect` (teacher states, student log-probs, per-token
     divergences) one chunk at a time; with 3 sequences on one process and 1 on the other the
-    processes ran 3 and 1 sharded forwards and hung. Their results equal one process's."""
+    processes ran 3 and 1 sharded forwards and hung. TOPD's guidance: one process has a branch to
+    continue, the other none (it returned early and hung the other). Results equal one process's."""
     import json
 
     script = os.path.join(os.path.dirname(__file__), "step_scores_fsdp.py")
-    subprocess.run([sys.executable, script, str(tmp_path / "one")], check=True, env=_env(), timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-                    script, str(tmp_path / "two")], check=True, env=_env(), timeout=300)
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), method], check=True, env=_env(), timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                    script, str(tmp_path / "two"), method], check=True, env=_env(), timeout=300)
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     parts = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    branches = parts[0]["branches"] + parts[1]["branches"]
+    assert len(one["branches"]) == (1 if method == "topd" else 0) and len(branches) == len(one["branches"])
+    for (tokens_one, hidden_one), (tokens_two, hidden_two) in zip(one["branches"], branches):
+        assert tokens_one == tokens_two  # greedy continuation by the sharded teacher
+        assert abs(hidden_one - hidden_two) <= 1e-3 * max(1.0, abs(hidden_one))
     for key in ("logprobs", "divergences", "teacher"):
         two = parts[0][key] + parts[1][key]
         assert len(two) == len(one[key]) == 4

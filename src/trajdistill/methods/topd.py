@@ -32,6 +32,7 @@ from trajdistill.rollout import SamplingParams
 from trajdistill.train.batch import ScoredBatch, TrainSequence
 from trajdistill.weighting import near_future_filter
 from trajdistill.weighting.near_future import _high_loss as high_loss_tokens
+from trajdistill.models.buckets import several_processes
 
 
 class TOPDOptions(SettingOptions):
@@ -108,7 +109,7 @@ class TOPD(StepScoredDistillation):
 
     def guidance_sequences(self, seqs: list[TrainSequence], points: list[list[int]], step: int) -> list[TrainSequence]:
         contexts = self.guidance_contexts(seqs, points)
-        if not contexts:
+        if not contexts and not several_processes():  # several: the others may generate and score
             return []
         continuations = self.teacher_continue([c[2] for c in contexts], step)
         branches = [
