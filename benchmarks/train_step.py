@@ -157,18 +157,25 @@ def build_ours(args, tokenizer, run_dir: Path):
     return cfg, method, trainer
 
 
+def worked_solutions(problems: list, tokens: int, tokenizer, template: str) -> str:
+    """The last problems' prompts and solutions, each in `template` (fields `prompt`, `reference`),
+    newest first, until the text is about `tokens` tokens."""
+    parts: list[str] = []
+    for p in reversed(problems):
+        parts.append(template.format(prompt=p.prompt, reference=p.reference))
+        if len(tokenizer("\n\n".join(parts))["input_ids"]) >= tokens:
+            break
+    return "\n\n".join(parts)
+
+
 def with_long_reference(problems: list, tokens: int, tokenizer) -> list:
     """`problems` whose reference solution (our teacher's privileged context; TRL's teacher does not
     see it) is about `tokens` tokens: the worked solutions of the last problems, then its own, as a
     long reasoning trace would be; unchanged for 0."""
     if tokens <= 0:
         return problems
-    steps: list[str] = []
-    for p in reversed(problems):
-        steps.append(f"Consider a similar problem: {p.prompt}\nIts solution: {p.reference}")
-        if len(tokenizer("\n\n".join(steps))["input_ids"]) >= tokens:
-            break
-    lead = "\n\n".join(steps)
+    lead = worked_solutions(problems, tokens, tokenizer,
+                            "Consider a similar problem: {prompt}\nIts solution: {reference}")
     return [dataclasses.replace(p, reference=f"{lead}{OWN_SOLUTION}{p.reference}") for p in problems]
 
 
@@ -180,12 +187,7 @@ def with_context(problems: list, tokens: int, tokenizer) -> list:
     `tokens` tokens) before each prompt; unchanged for 0."""
     if tokens <= 0:
         return problems
-    examples: list[str] = []
-    for p in reversed(problems):
-        examples.append(f"Example: {p.prompt}\nSolution: {p.reference}")
-        if len(tokenizer("\n\n".join(examples))["input_ids"]) >= tokens:
-            break
-    context = "\n\n".join(examples)
+    context = worked_solutions(problems, tokens, tokenizer, "Example: {prompt}\nSolution: {reference}")
     return [dataclasses.replace(p, prompt=f"{context}\n\nNow solve: {p.prompt}") for p in problems]
 
 

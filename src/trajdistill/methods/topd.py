@@ -27,12 +27,12 @@ from pydantic import Field
 from trajdistill.methods.base import StepResult
 from trajdistill.methods.onpolicy import SettingOptions
 from trajdistill.methods.step_scores import StepScoredDistillation, padded
+from trajdistill.models.buckets import several_processes
 from trajdistill.records import Problem
 from trajdistill.rollout import SamplingParams
 from trajdistill.train.batch import ScoredBatch, TrainSequence
 from trajdistill.weighting import near_future_filter
 from trajdistill.weighting.near_future import _high_loss as high_loss_tokens
-from trajdistill.models.buckets import several_processes
 
 
 class TOPDOptions(SettingOptions):
