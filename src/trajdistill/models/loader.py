@@ -8,6 +8,7 @@ is written from a model rebuilt from its config (without `quantization_config`) 
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
@@ -103,8 +104,16 @@ def resolve_model_path(spec: str) -> str:
     """
     if spec in BUILTIN_MODELS:
         target = cache_root() / spec
-        if not (target / "config.json").is_file():
-            _convert_gguf(BUILTIN_MODELS[spec], target)
+        if not (target / "model.safetensors").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Processes started together (torchrun, parallel tests) convert once: the others wait
+            # for the lock and find the finished directory.
+            with open(target.parent / f".{spec}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (target / "model.safetensors").is_file():
+                    if target.exists():  # an incomplete directory from an interrupted conversion
+                        shutil.rmtree(target)
+                    _convert_gguf(BUILTIN_MODELS[spec], target)
         return str(target)
     path = Path(spec).expanduser()
     if path.exists():
