@@ -126,6 +126,8 @@ class HFSampler:
                 task = bar.add_task("sampling", total=len(jobs))
                 starts = list(range(0, len(order), self.batch_size))
                 behind = self._calls_behind(len(starts))  # agreed before any process starts generating
+                if self._sharded():
+                    self._forward_through_root()
                 for start in starts:
                     chunk = order[start : start + self.batch_size]
                     batch_prompts = [prompts[jobs[i][0]] for i in chunk]
@@ -150,6 +152,16 @@ class HFSampler:
         from trajdistill.train.distributed import is_distributed
 
         return is_distributed() and any(isinstance(p, DTensor) for p in self.model.parameters())
+
+    @torch.no_grad()
+    def _forward_through_root(self) -> None:
+        """Generation enters the transformers model below the FSDP root (a peft model's `generate`
+        calls its base model's), and FSDP2 refuses a forward that does not start at the root
+        before the root has run one; the root's own parameters (those outside every decoder-layer
+        unit) are gathered only by the root's forward. A one-token forward through the root does
+        both, and FSDP keeps a root's parameters gathered after its forward. Every process calls it."""
+        dummy = torch.full((1, 1), self._pad_id(), dtype=torch.long, device=self.device)
+        self.model(input_ids=dummy, attention_mask=torch.ones_like(dummy), logits_to_keep=1)
 
     def _calls_behind(self, calls: int) -> int:
         """How many `generate` calls this process must add so that all processes make as many as
