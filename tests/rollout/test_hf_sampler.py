@@ -116,3 +116,62 @@ def test_fsdp_sharded_generation_with_uneven_work_per_process_matches_the_full_m
         one, two = (json.loads((tmp_path / d / f"rank{rank}.json").read_text()) for d in ("one", "two"))
         assert [len(r) for r in one] == [tokens] * count
         assert two == one  # greedy: the sharded model generates the full model's tokens
+
+
+def _model_with_shipped_sampling_defaults(tokenizer):
+    """The fixture's weights, with a `generation_config` such as a checkpoint's
+    `generation_config.json` brings (Qwen2.5-Instruct: repetition_penalty 1.05, top_k 20, ...)."""
+    from transformers import GenerationConfig
+
+    from trajdistill.models import tiny_model
+
+    model = tiny_model(tokenizer, seed=0)
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=0.3, top_k=5, top_p=0.5, typical_p=0.9, min_p=0.05, repetition_penalty=1.5,
+        no_repeat_ngram_size=2, min_new_tokens=4, suppress_tokens=[5, 6], begin_suppress_tokens=[7],
+        bad_words_ids=[[8]], eos_token_id=[tokenizer.eos_token_id, 9], pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=0),
+    SamplingParams(n=2, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=8, seed=4),
+    SamplingParams(n=2, temperature=0.7, max_new_tokens=8, prompt_seeds=(1, 2, 3)),
+    SamplingParams(n=1, temperature=0.0, max_new_tokens=8),
+    SamplingParams(n=1, temperature=1.0, max_new_tokens=8, seed=2, stop_at_eos=False),
+], ids=["seed", "seed-topk-topp", "row-seeds", "greedy", "no-eos"])
+def test_a_models_own_generation_config_changes_neither_samples_nor_logprobs(tiny_lm, tokenizer, params):
+    _, prompts = _prompts(tokenizer)
+    shipped = _model_with_shipped_sampling_defaults(tokenizer)
+    own = shipped.generation_config
+    plain = make_sampler("hf", tiny_lm, tokenizer, batch_size=4, progress=False).sample(prompts, params)
+    ours = make_sampler("hf", shipped, tokenizer, batch_size=4, progress=False).sample(prompts, params)
+    assert shipped.generation_config is own and own.repetition_penalty == 1.5  # restored after the call
+    assert [r.response_ids for r in ours] == [r.response_ids for r in plain]
+    assert [r.logprobs for r in ours] == [r.logprobs for r in plain]
+    if not params.stop_at_eos:
+        assert all(len(r.response_ids) == params.max_new_tokens for r in ours)
+    temperature = params.temperature or 1.0
+    for r in ours:  # the recorded log-probs are the raw model's at the sampling temperature
+        with torch.no_grad():
+            logits = tiny_lm(torch.tensor([r.prompt_ids + r.response_ids])).logits[0, len(r.prompt_ids) - 1: -1]
+        expected = torch.log_softmax(logits / temperature, -1).gather(1, torch.tensor(r.response_ids)[:, None])
+        torch.testing.assert_close(torch.tensor(r.logprobs), expected.squeeze(1), atol=1e-4, rtol=1e-4)
+
+
+def test_a_lora_wrapped_models_generation_config_does_not_leak_either(tiny_lm, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    base = _model_with_shipped_sampling_defaults(tokenizer)
+    torch.manual_seed(0)
+    plain = get_peft_model(tiny_lm, lora)
+    torch.manual_seed(0)  # the same adapter weights
+    shipped = get_peft_model(base, lora)
+    own = shipped.base_model.model.generation_config
+    _, prompts = _prompts(tokenizer)
+    params = SamplingParams(n=2, temperature=0.8, max_new_tokens=6, seed=1)
+    a = make_sampler("hf", plain, tokenizer, batch_size=4, progress=False).sample(prompts, params)
+    b = make_sampler("hf", shipped, tokenizer, batch_size=4, progress=False).sample(prompts, params)
+    assert [(r.response_ids, r.logprobs) for r in b] == [(r.response_ids, r.logprobs) for r in a]
+    assert shipped.base_model.model.generation_config is own

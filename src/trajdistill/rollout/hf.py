@@ -86,6 +86,56 @@ class _RowSeededSampler:
         return out.scatter_(1, chosen[:, None], 0.0)
 
 
+# Every `GenerationConfig` option that changes which token is drawn, its log-prob, when decoding
+# stops or how many sequences come back, at the value that leaves sampling as `SamplingParams` says.
+# `generate` fills any option left at None from the model's own `generation_config` (a checkpoint's
+# `generation_config.json`: Qwen2.5-Instruct ships repetition_penalty 1.05, others top_k 20,
+# temperature 0.7, several EOS ids), and the penalties run before `_LogprobRecorder`, so they would
+# change the tokens drawn and the log-probs recorded. Options whose neutral value is None
+# (bad_words_ids, suppress_tokens, forced BOS/EOS, ...) cannot be stated here: for those the model's
+# own config is blanked during the call (`_model_generation_defaults_off`).
+NEUTRAL_GENERATION_OPTIONS = {
+    # min_new_tokens: None, not 0 (both set draws a warning on every call); the model's is blanked
+    "max_length": None, "min_length": 0, "min_new_tokens": None, "max_time": None, "stop_strings": None,
+    "early_stopping": False, "num_beams": 1, "num_beam_groups": 1, "diversity_penalty": 0.0,
+    "num_return_sequences": 1, "penalty_alpha": None, "dola_layers": None, "guidance_scale": None,
+    "typical_p": 1.0, "min_p": None, "top_h": None, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "length_penalty": 1.0,
+    "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None,
+    "force_words_ids": None, "constraints": None, "sequence_bias": None, "renormalize_logits": False,
+    "forced_bos_token_id": None, "forced_eos_token_id": None, "remove_invalid_values": False,
+    "exponential_decay_length_penalty": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+    "forced_decoder_ids": None, "watermarking_config": None, "token_healing": False,
+    "prompt_lookup_num_tokens": None, "assistant_early_exit": None, "low_memory": None,
+    "output_scores": False, "output_logits": False, "return_dict_in_generate": False,
+}
+
+
+def _explicit_generation_options(blank, chosen: dict) -> dict:
+    """`chosen` plus every neutral option, restricted to the fields this transformers version's
+    `GenerationConfig` (`blank`, a default instance) has."""
+    return {k: v for k, v in {**NEUTRAL_GENERATION_OPTIONS, **chosen}.items() if hasattr(blank, k)}
+
+
+@contextlib.contextmanager
+def _model_generation_defaults_off(model):
+    """While `generate` runs, every module of `model` that owns a `generation_config` (the HF model
+    inside a peft/FSDP wrapper) holds a blank one, so nothing of the checkpoint's merges into ours
+    (transformers >= 5 fills the None options from it; 4.x also overrides options equal to the global
+    defaults). Restored afterwards, also on error."""
+    from transformers import GenerationConfig
+
+    swapped = [(m, vars(m)["generation_config"]) for m in model.modules()
+               if isinstance(vars(m).get("generation_config"), GenerationConfig)]
+    for module, _ in swapped:
+        module.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        for module, original in swapped:
+            module.generation_config = original
+
+
 class HFSampler:
     """Sampler over any `transformers` causal LM (or peft model wrapping one)."""
 
@@ -190,25 +240,28 @@ class HFSampler:
         # Per-row seeds: HF decodes greedily over a distribution in which our processor has already
         # drawn each row's token from its own generator (same warpers, same order as HF's sampling).
         native = not params.greedy and row_seeds is None
-        config = GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=native,
-            temperature=params.temperature if native else None,
-            top_p=params.top_p if native else None,
-            top_k=(params.top_k or None) if native else None,
-            eos_token_id=tok.eos_token_id if params.stop_at_eos else None,
-            pad_token_id=pad_id,
-            use_cache=True,
-        )
+        config = GenerationConfig(**_explicit_generation_options(GenerationConfig(), {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": native,
+            "temperature": params.temperature if native else 1.0,
+            "top_p": params.top_p if native else 1.0,
+            # 0: no top-k (None would mean HF's default 50); greedy applies no warper at all, and a
+            # top_k of 0 there draws a "not valid" warning
+            "top_k": params.top_k if native else None,
+            "eos_token_id": tok.eos_token_id if params.stop_at_eos else None,
+            "pad_token_id": pad_id,
+            "use_cache": True,
+        }))
         recorder = _LogprobRecorder(params.temperature)
         processors = [recorder] if row_seeds is None else [recorder, _RowSeededSampler(params, row_seeds, self.device)]
-        out = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
-            generation_config=config,
-            logits_processor=LogitsProcessorList(processors),
-            synced_gpus=self._sharded(),  # a process that is done keeps stepping until all are
-        )
+        with _model_generation_defaults_off(self.model):
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList(processors),
+                synced_gpus=self._sharded(),  # a process that is done keeps stepping until all are
+            )
         generated = out[:, width:].cpu()
         logprobs = recorder.finish(out[:, -1]).cpu() if generated.shape[1] else None
         return [self._to_rollout(prompt, generated[row], logprobs, row, params) for row, prompt in enumerate(prompts)]
