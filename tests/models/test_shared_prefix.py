@@ -273,3 +273,71 @@ def test_ddp_processes_agree_to_share_when_only_one_has_repeated_prompts(tmp_pat
     grad = next(p.grad for n, p in model.named_parameters() if "lora_A" in n).flatten()[:8]
     for rank in (0, 1):
         torch.testing.assert_close(torch.tensor(got[rank]["grad"]), grad, rtol=1e-4, atol=1e-6)
+
+
+def rope_lm(rope: dict | None, *, legacy: bool = False, arch: str = "llama"):
+    """A tiny model whose RoPE is `rope` (as `rope_parameters`, or as an old `rope_scaling`) and
+    whose original context is 16 positions, so that rows of 20 already cross it."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    config_class, model_class = (Phi3Config, Phi3ForCausalLM) if arch == "phi3" else (LlamaConfig, LlamaForCausalLM)
+    extra = {} if rope is None else ({"rope_scaling": rope} if legacy else {"rope_parameters": {"rope_theta": 1e4, **rope}})
+    if arch == "phi3":  # Phi-3 (longrope) keeps its original context at the top level
+        extra.update(original_max_position_embeddings=16, max_position_embeddings=64)
+    config = config_class(**{"vocab_size": 2048, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 16,
+                             "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **extra})
+    torch.manual_seed(0)
+    return model_class(config).eval()
+
+
+LONGROPE = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [3.0] * 8,
+            "original_max_position_embeddings": 16}
+
+
+@pytest.mark.parametrize("rope, legacy, arch, field", [
+    ({"rope_type": "dynamic", "factor": 2.0}, False, "llama", "config.rope_parameters.rope_type = 'dynamic'"),
+    ({"type": "dynamic", "factor": 2.0}, True, "llama", "rope_type = 'dynamic'"),
+    (LONGROPE, False, "llama", "config.rope_parameters.rope_type = 'longrope'"),
+    (LONGROPE, False, "phi3", "config.rope_parameters.rope_type = 'longrope'"),
+], ids=["llama-dynamic", "llama-dynamic-rope_scaling", "llama-longrope", "phi3-longrope"])
+def test_length_dependent_rope_is_refused_from_the_config_which_the_probe_cannot_see(rope, legacy, arch, field, capsys):
+    from trajdistill.models.shared_prefix import LengthDependentRope, length_dependent_rope, probe
+
+    model = rope_lm(rope, legacy=legacy, arch=arch)
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(10, 2000, (12,), generator=gen).tolist()
+    prompts, responses = [prompt, prompt], [torch.randint(10, 2000, (n,), generator=gen).tolist() for n in (10, 6)]
+    # What the check is for: without it the 8-token probe passes, and rows past the original
+    # context differ.
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr("trajdistill.models.shared_prefix._refuse_length_dependent_rope", lambda *a, **k: None)
+        assert probe(model, prompt)[0]
+        shared = shared_prefix_hidden(model, prompts, responses, CPU)
+        plain = unshared_hidden(model, prompts, responses, CPU)
+    assert float((shared - plain).abs().max()) > 1e-3
+
+    assert field in length_dependent_rope(model)
+    auto = PrefixSharing("auto", "teacher")
+    assert not auto.use(model, prompts) and not auto.use(model, prompts)
+    err = capsys.readouterr().err
+    assert err.count("prefix sharing (teacher): off") == 1 and field in err.replace("\n", "")
+    with pytest.raises(LengthDependentRope, match=field.replace(".", r"\.").replace("'", ".")):
+        PrefixSharing("on", "student").use(model, prompts)
+    with pytest.raises(LengthDependentRope, match="share_prefix to auto"):
+        shared_prefix_hidden(model, prompts, responses, CPU)
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0},
+                                  {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16}],
+                         ids=["default", "linear", "yarn"])
+def test_rope_with_fixed_frequencies_still_shares_and_matches_whole_rows(rope):
+    from trajdistill.models.shared_prefix import length_dependent_rope
+
+    model = rope_lm(rope)
+    assert length_dependent_rope(model) is None
+    prompts, responses = random_rows()
+    with torch.no_grad():
+        torch.testing.assert_close(shared_prefix_hidden(model, prompts, responses, CPU),
+                                   unshared_hidden(model, prompts, responses, CPU), atol=1e-4, rtol=1e-4)
+    assert PrefixSharing("auto").use(model, prompts) and PrefixSharing("on").use(model, prompts)

@@ -24,6 +24,7 @@ import inspect
 import torch
 from rich.console import Console
 
+from trajdistill import UserError
 from trajdistill.models.backbone import base_causal_lm, final_hidden
 from trajdistill.models.buckets import Bucketing, several_processes
 
@@ -32,6 +33,61 @@ console = Console(stderr=True)
 
 class PrefixSharingUnsupported(RuntimeError):
     """The model's forward or cache cannot run responses on an expanded prompt cache."""
+
+
+class LengthDependentRope(PrefixSharingUnsupported, UserError):
+    """The model's rotary frequencies depend on the length of the sequence it runs on."""
+
+
+# RoPE types whose frequencies are recomputed from the longest position of each forward
+# (transformers' `dynamic_rope_update`: "dynamic" NTK scaling past the original context, "longrope"
+# switching factor sets there; "su" is longrope's old name in Phi-3 configs). The prompt pass (its
+# own length) and the response pass (prompt + response) would then rotate with different
+# frequencies than one pass over the whole row. An 8-token probe cannot see it: the switch happens
+# only past `original_max_position_embeddings`.
+_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope", "su")
+
+
+def _length_dependent(kind) -> bool:
+    return isinstance(kind, str) and ("dynamic" in kind or kind in _LENGTH_DEPENDENT_ROPE)
+
+
+def length_dependent_rope(model) -> str | None:
+    """Where the model's config (or rotary module) asks for length-dependent RoPE, as
+    `config.field.rope_type = 'kind'`; None for RoPE whose frequencies are fixed (default, linear, yarn,
+    llama3, ...)."""
+    inner = base_causal_lm(model)
+    config = getattr(inner, "config", None)
+    configs = [config] if config is not None else []
+    text = getattr(config, "get_text_config", None)
+    if callable(text) and text() is not config:
+        configs.append(text())
+    for cfg in configs:
+        for field in ("rope_parameters", "rope_scaling"):
+            value = getattr(cfg, field, None)
+            if not isinstance(value, dict):
+                continue
+            # one dict, or one per attention type ({"full_attention": {...}, "sliding_attention": {...}})
+            entries = [(field, value)] + [(f"{field}.{k}", v) for k, v in value.items() if isinstance(v, dict)]
+            for path, params in entries:
+                for key in ("rope_type", "type"):
+                    if _length_dependent(params.get(key)):
+                        return f"config.{path}.{key} = {params[key]!r}"
+    for name, module in inner.named_modules():  # a rotary module built from elsewhere
+        kinds = getattr(module, "rope_type", None)
+        for kind in (kinds.values() if isinstance(kinds, dict) else [kinds]):
+            if _length_dependent(kind):
+                return f"{name or type(inner).__name__}.rope_type = {kind!r}"
+    return None
+
+
+def _refuse_length_dependent_rope(model, who: str = "model") -> None:
+    field = length_dependent_rope(model)
+    if field is not None:
+        raise LengthDependentRope(
+            f"prefix sharing ({who}) cannot run this model: {field} makes its rotary "
+            "frequencies depend on the sequence length, so a prompt encoded alone would not match the "
+            "whole row; set loss.share_prefix to auto (falls back to whole rows) or off")
 
 
 def group_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -74,6 +130,7 @@ def shared_prefix_hidden(model, prompts: list[list[int]], responses: list[list[i
     """
     if any(len(r) == 0 for r in responses):
         raise ValueError("every sequence needs at least one response token")
+    _refuse_length_dependent_rope(model)
     key = cache_argument(model)
     distinct, group_of = group_rows(prompts)
     p_ids, p_mask = _right_padded(distinct, pad_id)
@@ -172,9 +229,11 @@ def unshared_hidden(model, prompts: list[list[int]], responses: list[list[int]],
 class PrefixSharing:
     """Whether a model's rows go through `shared_prefix_hidden` (`loss.share_prefix`).
 
-    off: never. on: always (a model that cannot raises). auto: only for batches where some prompt
-    repeats, and only if, on first use, a small probe (prompts of two lengths, responses of three)
-    runs and gives the unshared states; else the unshared path, with the reason logged once.
+    off: never. on: always (a model that cannot raises; length-dependent RoPE at the first call,
+    naming the config field). auto: only for batches where some prompt repeats, and only if, on
+    first use, the config's RoPE does not depend on the sequence length and a small probe (prompts
+    of two lengths, responses of three) runs and gives the unshared states; else the unshared path,
+    with the reason logged once.
 
     In a multi-process run, auto shares every micro-batch, repeated prompts or not (the shared path
     is exact for prompts of one row too): DDP broadcasts buffers and FSDP gathers weights in
@@ -193,10 +252,17 @@ class PrefixSharing:
         if self.mode == "off":
             return False
         if self.mode == "on":
+            if self.works is None:
+                _refuse_length_dependent_rope(model, self.who)
+                self.works = True
             return True
         if len({tuple(p) for p in prompts}) == len(prompts) and not several_processes():
             return False  # groups of one: nothing to share
         inner = getattr(model, "module", model)
+        if self.works is None and (field := length_dependent_rope(model)) is not None:
+            self.works = False
+            console.print(f"prefix sharing ({self.who}): off, {field} (RoPE frequencies that depend on "
+                          "the sequence length)")
         if self.works is None and getattr(inner, "is_gradient_checkpointing", False) and inner.training:
             # transformers turns the cache off while checkpointing in training mode
             self.works = False
