@@ -7,8 +7,12 @@ default), and a method's own section is validated by the method's `Options`.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError
@@ -35,8 +39,8 @@ from trajdistill.files import atomic_write_text
 __all__ = [
     "CheckpointSpec", "DataSpec", "DistributedSpec", "EvalSpec", "LoggingSpec", "LoraSpec", "LossSpec",
     "ModelSpec", "OptimSpec", "PromptSpec", "RunConfig", "SamplingSpec", "Section", "TracesSpec",
-    "VLLMSpec", "config_from_tree", "format_validation_error", "load_config", "read_yaml_tree",
-    "save_config", "set_dotted",
+    "VLLMSpec", "apply_overrides", "check_for_training", "config_from_tree", "format_validation_error",
+    "import_plugins", "load_config", "read_yaml_tree", "save_config", "set_dotted",
 ]
 
 
@@ -53,10 +57,14 @@ _MOVED = {
 
 
 class RunConfig(Section):
+    plugins: list[str] = Field(default_factory=list)
+    """Modules imported before the rest of the config is validated (`my_package.my_kd`, or a path to
+    a `.py` file), so that the methods, sampler backends and verifiers they register can be named
+    here. The CLI's `--plugin` adds to it."""
     method: str = "opsd"
-    """A registered method (`trajdistill.methods.method_names()`): opd, opsd, trd, renio, topd, sft,
-    redi, dpo, simpo, or one registered from your own package. Its options are the YAML section
-    named after it (`opsd: {off_policy_fraction: 0.5}`), validated by the method's `Options`."""
+    """A registered method: one of `trajdistill.methods.method_names()` (the built-in ones and any
+    registered from a plugin or an entry point). Its options are the YAML section named after it
+    (`opsd: {off_policy_fraction: 0.5}`), validated by the method's `Options`."""
     seed: int = 0
     output_dir: str = "runs/run"
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -91,6 +99,8 @@ class RunConfig(Section):
     def tree(self) -> dict[str, Any]:
         """The YAML tree that `load_config` reads back into this config."""
         out = self.model_dump(mode="json")
+        if not out["plugins"]:  # a config without plugins reads as before they existed
+            del out["plugins"]
         out[self.method] = self.options.model_dump(mode="json")
         if not self.method_class.uses_loss_section:  # its other loss fields are refused on load
             out["loss"] = {"chunk_size": out["loss"]["chunk_size"]}
@@ -103,6 +113,11 @@ def config_from_tree(tree: dict[str, Any], source: str = "config") -> RunConfig:
     from trajdistill.methods import method_class, method_names
 
     tree = dict(tree)
+    if tree.get("plugins") is not None:
+        plugins = tree["plugins"]
+        if not (isinstance(plugins, list) and all(isinstance(p, str) for p in plugins)):
+            raise UserError(f"{source}: field 'plugins': expected a list of module names, got {plugins!r}")
+        import_plugins(plugins, source)
     method = tree.get("method", RunConfig.model_fields["method"].default)
     if not isinstance(method, str):
         raise UserError(f"{source}: field 'method': expected a method name, got {method!r}")
@@ -138,7 +153,7 @@ def config_from_tree(tree: dict[str, Any], source: str = "config") -> RunConfig:
 
 def _check_method_fields(cfg: RunConfig, cls, tree: dict[str, Any]) -> None:
     for field in ("autocast", "gradient_checkpointing"):
-        if cfg.teacher is not None and field in cfg.teacher.model_fields_set:
+        if cfg.teacher is not None and cfg.teacher.explicitly_set(field):  # a saved config writes defaults
             raise ValueError(f"field 'teacher.{field}': set model.{field}; the teacher follows the "
                              "student's precision policy and is never trained")
     kind = cls.teacher_kind(cfg.options)
@@ -155,11 +170,57 @@ def _check_method_fields(cfg: RunConfig, cls, tree: dict[str, Any]) -> None:
                              "(only loss.chunk_size applies to sequence objectives)")
 
 
+def import_plugins(names: Iterable[str], source: str = "config") -> None:
+    """Import each plugin: a module name (`my_package.my_kd`, importable from `sys.path`) or the
+    path of a `.py` file. A module registers its methods, sampler backends or verifiers when
+    imported; importing one twice does nothing more."""
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                path = Path(name).resolve()
+                if not path.is_file():
+                    raise ImportError(f"no such file {name}")
+                module = f"trajdistill_plugin_{path.stem}_{abs(hash(str(path))):x}"
+                if module not in sys.modules:
+                    spec = importlib.util.spec_from_file_location(module, path)
+                    sys.modules[module] = importlib.util.module_from_spec(spec)
+                    try:
+                        spec.loader.exec_module(sys.modules[module])
+                    except BaseException:
+                        del sys.modules[module]
+                        raise
+            else:
+                importlib.import_module(name)
+        except ImportError as err:
+            raise UserError(f"{source}: field 'plugins': cannot import plugin '{name}': {err}") from None
+
+
+# A validator of a section that names one of its fields ("field 'top_k': ...") reports it under the
+# section's path: "field 'loss.top_k': ...".
+_NAMED = re.compile(r"^(?:Value error, )?field '([^']+)': (.*)$", re.S)
+
+
 def format_validation_error(err: ValidationError, source: str, prefix: str | None = None) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(first["loc"])) or "(top level)"
+    loc, msg = tuple(first["loc"]), first["msg"]
+    named = _NAMED.match(msg) if first["type"] == "value_error" else None
+    if named:
+        loc, msg = loc + (named.group(1),), named.group(2)
+    elif first["type"] == "value_error" and msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    where = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(top level)"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: field '{where}': {first['msg']}{more}"
+    return f"{source}: field '{where}': {msg}{more}"
+
+
+def check_for_training(cfg: RunConfig, source: str = "config") -> None:
+    """What training refuses on top of the config's own checks: options that only other commands
+    read. A method that samples nothing during training (`needs_sampler` False: sft, redi, dpo,
+    simpo) leaves `sampling.n` to `trajdistill traces generate`."""
+    if not cfg.method_class.needs_sampler and cfg.sampling.explicitly_set("n"):
+        raise UserError(f"{source}: field 'sampling.n': method {cfg.method} samples nothing during training "
+                        f"(it trains on {cfg.method}.dataset); sampling.n applies only to `trajdistill traces "
+                        "generate`: leave it out of the training config")
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -204,17 +265,32 @@ def read_yaml_tree(path: Path, _seen: tuple = ()) -> dict[str, Any]:
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML preset (or the defaults) and apply `key.sub=value` overrides."""
-    tree: dict[str, Any] = {}
-    source = str(path) if path else "defaults"
-    if path is not None:
-        tree = read_yaml_tree(Path(path))
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """Apply `key.sub=value` strings (values read as YAML) or a {"key.sub": value} mapping to `tree`."""
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            set_dotted(tree, str(key).strip(), value)
+        return tree
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
         set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None, *,
+                plugins: list[str] | None = None) -> RunConfig:
+    """Read a YAML preset (or the defaults) and apply `key.sub=value` overrides; `plugins` are
+    imported first and added to the config's `plugins` list."""
+    tree: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    if path is not None:
+        tree = read_yaml_tree(Path(path))
+    apply_overrides(tree, overrides)
+    if plugins:
+        listed = tree.get("plugins") if isinstance(tree.get("plugins"), list) else []
+        tree["plugins"] = list(dict.fromkeys([*listed, *plugins]))
     return config_from_tree(tree, source)
 
 

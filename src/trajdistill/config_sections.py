@@ -8,11 +8,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def explicitly_set(self, name: str) -> bool:
+        return explicitly_set(self, name)
+
+    def explicit_fields(self) -> list[str]:
+        """The fields given with a value other than their default, in declaration order."""
+        return [name for name in type(self).model_fields if explicitly_set(self, name)]
+
+
+def explicitly_set(model: BaseModel, name: str) -> bool:
+    """Whether field `name` of `model` was given (in YAML, an override or the constructor) with a
+    value other than its default: what an "option that does not apply here" check refuses. A
+    default value written out (a saved `config.yaml` holds every field) is not an error."""
+    if name not in model.model_fields_set:
+        return False
+    return getattr(model, name) != type(model).model_fields[name].get_default(call_default_factory=True)
 
 
 class ModelSpec(Section):
@@ -100,6 +116,14 @@ class VLLMSpec(Section):
     """Engine core in a child process (weights synced through /dev/shm) instead of in-process."""
     cpu_threads: str | None = None
     """CPU: cores the engine's OpenMP threads bind to, e.g. "0-1"; None: all this process may use."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one engine spans. Under torchrun / accelerate launch every process runs its part of an
+    engine (vLLM's `external_launcher`): N processes hold N / tensor_parallel_size engines, and the
+    processes of one engine sample their prompts together. Must divide the number of processes."""
+    sleep_mode: bool = False
+    """GPU only: between generations the engine frees its KV cache and drops its weights (vLLM sleep
+    level 2), leaving the memory to the update; the next sync pushes the weights again. Ignored by
+    vLLM's CPU build."""
     rescore_logprobs: bool = False
     """With top-k/top-p on, re-score rollouts with the student's forward pass for exact log-probs.
     Off: the rollouts carry none there, and ReNIO (their only user) scores them itself with the
@@ -107,9 +131,10 @@ class VLLMSpec(Section):
 
 
 class SamplingSpec(Section):
-    backend: Literal["native", "hf", "vllm"] = "native"
+    backend: str = "native"
     """native: our decoding loop (prompt prefilled once per problem, finished rows leave the batch),
-    HF `generate` where it cannot run; hf: `generate` itself; vllm: a vLLM engine synced per step."""
+    HF `generate` where it cannot run; hf: `generate` itself; vllm: a vLLM engine synced per step;
+    or a backend registered with `trajdistill.rollout.sampler.register_sampler` (a plugin's)."""
     n: int = Field(4, ge=1)
     """Rollouts per problem."""
     temperature: float = Field(1.0, ge=0.0)
@@ -122,6 +147,24 @@ class SamplingSpec(Section):
     vllm: VLLMSpec = Field(default_factory=VLLMSpec)
     max_prompt_tokens: int = Field(1024, ge=8)
     """Longest prompt (student or privileged teacher) allowed; preflight rejects longer ones."""
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        from trajdistill.rollout.sampler import sampler_names  # light: no torch
+
+        if value not in sampler_names():
+            raise ValueError(f"unknown sampling backend '{value}' (choose one of: {', '.join(sampler_names())})")
+        return value
+
+    @model_validator(mode="after")
+    def _vllm_only_for_vllm(self):
+        if self.backend != "vllm":
+            given = self.vllm.explicit_fields()
+            if given:
+                raise ValueError(f"field 'vllm.{given[0]}': the sampling.vllm settings apply only to "
+                                 f"sampling.backend vllm (this config uses {self.backend})")
+        return self
 
 
 class LossSpec(Section):
@@ -155,6 +198,19 @@ class LossSpec(Section):
     """What one more forward is worth, in positions. On a CPU core with SmolLM2-135M, 16 and 64 gave
     the same update time and 256 a slightly slower one (`benchmarks/bucketing.py`); raise it where
     small forwards underuse the device (GPUs: likely hundreds to thousands; not measured)."""
+
+    @model_validator(mode="after")
+    def _refuse_what_the_divergence_ignores(self):
+        if self.divergence == "sampled_token":
+            for name in ("top_k", "vocab_clip", "token_clip", "beta", "tail_bucket"):
+                if self.explicitly_set(name):
+                    raise ValueError(f"field '{name}': does not apply to divergence sampled_token (it uses only "
+                                     "the sampled token's log-ratio, no distribution over the vocabulary)")
+        elif self.divergence != "jsd" and self.explicitly_set("beta"):
+            raise ValueError(f"field 'beta': only divergence jsd uses it (this config uses {self.divergence})")
+        if self.tail_bucket and self.top_k is None:
+            raise ValueError("field 'tail_bucket': applies only with loss.top_k (the mass outside the top-k ids)")
+        return self
 
     @field_validator("share_prefix", mode="before")
     @classmethod
@@ -230,6 +286,15 @@ class DistributedSpec(Section):
     False keeps them until backward (faster, more memory)."""
     cpu_offload: bool = False
     """fsdp: keep the sharded parameters, gradients and optimizer state in CPU memory."""
+
+    @model_validator(mode="after")
+    def _fsdp_options_only_for_fsdp(self):
+        if self.strategy == "ddp":
+            for name in ("reshard_after_forward", "cpu_offload"):  # FSDP's own settings
+                if self.explicitly_set(name):
+                    raise ValueError(f"field '{name}': applies only to distributed.strategy fsdp "
+                                     "(DDP keeps the whole model on every process)")
+        return self
 
 
 class TracesSpec(Section):

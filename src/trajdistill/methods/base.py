@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
+from trajdistill.config_sections import explicitly_set
 from trajdistill.records import Problem, Verdict
 
 if TYPE_CHECKING:  # torch is imported by the methods themselves, so a config loads without it
@@ -43,9 +44,21 @@ if TYPE_CHECKING:  # torch is imported by the methods themselves, so a config lo
 
 
 class MethodOptions(BaseModel):
-    """Base of every method's config section: unknown keys are errors."""
+    """Base of every method's config section: unknown keys are errors, and so is an option that
+    applies only when a switch is on, given with the switch off (`only_with`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    only_with: ClassVar[dict[str, str]] = {}
+    """option -> the bool option it needs on, e.g. {"horizon": "guidance"}: setting the option to a
+    value other than its default while the switch is off is an error naming the option."""
+
+    @model_validator(mode="after")
+    def _refuse_options_of_a_switch_that_is_off(self):
+        for name, switch in type(self).only_with.items():
+            if not getattr(self, switch) and explicitly_set(self, name):
+                raise ValueError(f"field '{name}': applies only with {switch}: true")
+        return self
 
 
 TeacherKind = Literal["none", "separate", "self"]
@@ -64,6 +77,9 @@ class MethodContext:
     run_dir: Path | None = None
     rank: int = 0
     world: int = 1
+    weights_version: int = 0
+    """How many times the trainer changed the student's weights (optimizer steps, checkpoint
+    loads): engines with their own copy (vLLM) push weights only when it moved."""
 
     @property
     def pad_id(self) -> int:

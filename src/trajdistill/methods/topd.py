@@ -57,6 +57,8 @@ class TOPDOptions(SettingOptions):
     guidance_temperature: float = Field(0.0, ge=0.0)
     """Teacher sampling temperature for the continuation; 0 = greedy."""
 
+    only_with = {name: "guidance" for name in ("max_branches", "horizon", "guidance_weight", "guidance_temperature")}
+
 
 
 class TOPD(StepScoredDistillation):

@@ -45,15 +45,91 @@ class Sampler(Protocol):
         """
         ...
 
-    def sync(self, model) -> None:
+    def sync(self, model, version: int | None = None) -> None:
         """Make the engine sample from `model`'s current weights (the trainer calls this before every
         collection and every evaluation). `model` may be wrapped (DDP/FSDP) and carry a LoRA adapter.
+        `version` is the trainer's count of weight changes (optimizer steps, checkpoint loads): an
+        engine that holds that version already skips the push; None means unknown (always push).
         A no-op for backends that sample from the live model (HF)."""
         ...
 
     def close(self) -> None:
         """Release the engine (vLLM: stop it and delete its model copy); a no-op for HF."""
         ...
+
+
+# -- the backend registry ---------------------------------------------------------------------
+# A backend is a factory `factory(model, tokenizer, *, batch_size, progress, context, packed, options)`
+# returning a `Sampler`: `context` (a teacher's `as_teacher`, or None) is entered around every
+# generation, `packed` is `model.packed_linear`, `options` the backend's own settings (the vLLM
+# backend's `VLLMOptions`, from `sampling.vllm`; None for the others). Register your own from your
+# package without editing this one:
+#
+#     from trajdistill.rollout.sampler import register_sampler
+#     register_sampler("my-engine", lambda model, tokenizer, **kw: MyEngineSampler(model, tokenizer))
+#
+# or as an entry point, loaded when the name is first asked for:
+#
+#     [project.entry-points."trajdistill.samplers"]
+#     my-engine = "my_package.engine:make_my_engine"
+
+SAMPLER_ENTRY_POINT_GROUP = "trajdistill.samplers"
+SamplerFactory = Callable[..., Sampler]
+
+
+def _native(model, tokenizer, *, batch_size, progress, context, packed, options=None) -> Sampler:
+    from trajdistill.rollout.native import NativeSampler
+
+    return NativeSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context, packed=packed)
+
+
+def _hf(model, tokenizer, *, batch_size, progress, context, packed, options=None) -> Sampler:
+    from trajdistill.rollout.hf import HFSampler
+
+    return HFSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context, packed=packed)
+
+
+def _vllm(model, tokenizer, *, batch_size, progress, context, packed, options=None) -> Sampler:
+    from trajdistill.rollout.vllm import VLLMSampler
+
+    with (context or contextlib.nullcontext)():  # the engine starts from the weights seen here
+        return VLLMSampler(model, tokenizer, options)
+
+
+_SAMPLERS: dict[str, SamplerFactory] = {"native": _native, "hf": _hf, "vllm": _vllm}
+
+
+def register_sampler(name: str, factory: SamplerFactory) -> SamplerFactory:
+    """Make `sampling.backend: NAME` build its samplers with `factory` (see above for its arguments)."""
+    if not callable(factory):
+        raise TypeError(f"sampler backend {name!r}: {factory!r} is not callable")
+    _SAMPLERS[name] = factory
+    return factory
+
+
+def unregister_sampler(name: str) -> None:
+    _SAMPLERS.pop(name, None)
+
+
+def _sampler_entry_points() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=SAMPLER_ENTRY_POINT_GROUP)}
+
+
+def sampler_names() -> list[str]:
+    """Every backend `sampling.backend` accepts: the built-in ones, registered and entry-point ones."""
+    return sorted(set(_SAMPLERS) | set(_sampler_entry_points()))
+
+
+def sampler_factory(name: str) -> SamplerFactory:
+    """The factory registered as `name`; ValueError listing the choices for an unknown name."""
+    if name not in _SAMPLERS:
+        point = _sampler_entry_points().get(name)
+        if point is None:
+            raise ValueError(f"unknown sampling backend '{name}' (choose one of: {', '.join(sampler_names())})")
+        register_sampler(name, point.load())
+    return _SAMPLERS[name]
 
 
 def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progress: bool = True,
@@ -63,21 +139,12 @@ def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progre
     every generation, so the same factory serves the student and the teacher; `vllm_options` (a
     `trajdistill.rollout.vllm.VLLMOptions`) configures the vLLM engine; `packed` is
     `model.packed_linear` (native and HF backends)."""
-    if backend == "hf":
-        from trajdistill.rollout.hf import HFSampler
-
-        return HFSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context, packed=packed)
-    if backend == "native":
-        from trajdistill.rollout.native import NativeSampler
-
-        return NativeSampler(model, tokenizer, batch_size=batch_size, progress=progress, context=context,
-                             packed=packed)
-    if backend == "vllm":
-        from trajdistill.rollout.vllm import VLLMSampler
-
-        with (context or contextlib.nullcontext)():  # the engine starts from the weights seen here
-            return VLLMSampler(model, tokenizer, vllm_options)
-    raise UserError(f"unknown sampling backend '{backend}' (choose native, hf or vllm)")
+    try:
+        factory = sampler_factory(backend)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return factory(model, tokenizer, batch_size=batch_size, progress=progress, context=context, packed=packed,
+                   options=vllm_options if backend == "vllm" else None)
 
 
 def sampler_for(spec, model, tokenizer, *, batch_size: int | None = None, progress: bool = False,
@@ -106,9 +173,9 @@ class LazySampler:
             self._sampler = self._build()
         return self._sampler.sample(prompts, params, problem_ids)
 
-    def sync(self, model) -> None:
+    def sync(self, model, version: int | None = None) -> None:
         if self._sampler is not None:
-            self._sampler.sync(model)
+            self._sampler.sync(model, version)
 
     def close(self) -> None:
         if self._sampler is not None:
