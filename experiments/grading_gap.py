@@ -4,7 +4,7 @@
     .venv/bin/python experiments/grading_gap.py runs/t/a runs/t/b --pair b:a --pair a:base   # several runs
 
 Re-grades every response in `RUN/eval/{before,after}.samples.jsonl` (nothing is sampled again) with
-the papers' strict rule (the last \\boxed{} only; seed 003 C.2) and with the lenient one (also "the
+the papers' strict rule (the last \\boxed{} only; TRD paper, appendix C.2) and with the lenient one (also "the
 answer is X", "#### X" or the last number), and prints greedy and Avg@n under both, with the paired
 change. With several runs: each run's `after` (the first run's `before` as "base") under both
 gradings, and the paired changes asked for with --pair. The problems come from the run's own config, so the gold answers are the ones it used.

@@ -1,4 +1,4 @@
-"""One command, one table: base, SFT, SFT+REDI, SFT+DPO, SFT+SimPO at equal compute (REDI, seed 004).
+"""One command, one table: base, SFT, SFT+REDI, SFT+DPO, SFT+SimPO at equal compute (REDI).
 
     .venv/bin/python experiments/redi_compare.py --out runs/redi-compare [--problems 96] [--eval 32]
 
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--stage2", default="redi,dpo,simpo")
     ap.add_argument("--lrs", default="1e-5,2e-5,5e-5",
                     help="stage-2 learning-rate sweep, run for each objective (the paper tunes each "
-                         "objective's rate separately, seed 004 App. C.4)")
+                         "objective's rate separately, REDI paper App. C.4)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override for every stage")
     ap.add_argument("--stage2-set", dest="stage2_sets", action="append", default=[],
                     help="override for the REDI / DPO / SimPO runs only (e.g. optim.lr=1e-4)")

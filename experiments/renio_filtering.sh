@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ReNIO's (seed 000) controlled filtering experiment at small scale, OPSD setting: train only on
+# ReNIO's controlled filtering experiment at small scale, OPSD setting: train only on
 # incorrect rollouts, only on correct ones, or on all, with the same steps and rollouts; compare
 # held-out Avg@k / Pass@k, response length and reflection counts ("wait", "actually", ...).
 # The paper's finding to check: incorrect-only beats correct-only, and correct-only shortens
@@ -24,4 +24,4 @@ for f in all incorrect correct; do
 done
 
 .venv/bin/python experiments/renio_filtering_table.py "$OUT"/{all,incorrect,correct} | tee "$OUT/table.md"
-.venv/bin/trajdistill report "$OUT"/{all,incorrect,correct} -o "$OUT/report" --title "Outcome filters (OPSD, seed 000 protocol)"
+.venv/bin/trajdistill report "$OUT"/{all,incorrect,correct} -o "$OUT/report" --title "Outcome filters (OPSD, ReNIO paper's protocol)"

@@ -1,4 +1,4 @@
-"""TRD's refinement table (seed 003, appendix B.1) on this machine: y_o vs y_r.
+"""TRD's refinement table (TRD paper, appendix B.1) on this machine: y_o vs y_r.
 
 Runs TRD stages 1-2 (student rollout, then refinement by the teacher) over the first N training
 problems and prints the verifier pass rate and median token length of y_o and y_r, the joint

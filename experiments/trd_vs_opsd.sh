@@ -9,10 +9,10 @@
 #
 # Equal compute means: the same training problems seen in the same order, the same number of
 # updates with the same batch (problems per step, n = 1 rollout each), the same optimiser and LoRA,
-# and the same stage-1 sampling (temperature 0.6, top_p 0.95, top_k 20; seed 003's settings) for
+# and the same stage-1 sampling (temperature 0.6, top_p 0.95, top_k 20; the TRD paper's settings) for
 # both. TRD spends one extra sampling pass (the refinement); timing.json of each run records it.
 # The baseline trains along its own rollouts y_o with the plain OPSD teacher context; TRD along
-# the refined y_r with the refinement prompt as teacher context. Both log seed 003's C.5
+# the refined y_r with the refinement prompt as teacher context. Both log the TRD paper's C.5
 # diagnostics (diag/*, kl/correct, kl/incorrect) to metrics.jsonl.
 #
 # Output: $OUT/report/report.md (held-out greedy, Avg@k, Pass@k with standard errors, training
@@ -45,7 +45,7 @@ fi
       "$(.venv/bin/python -c "import json;print(json.load(open('$OUT/$run/timing.json'))['seconds']/60)")"
   done
   echo
-  echo "### Training diagnostics (seed 003, C.5), first step -> last step"
+  echo "### Training diagnostics (TRD paper, appendix C.5), first step -> last step"
   echo
   .venv/bin/python - "$OUT/trd" "$OUT/opsd-forward-kl" <<'PY'
 import json, math, sys

@@ -234,13 +234,13 @@ class EvalSpec(Section):
     k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 4], min_length=1)
     """Pass@k values reported; n = max(k) samples per problem."""
     temperature: float = Field(0.6, ge=0.0)
-    """Sampled evaluation: temperature 0.6, top-p 0.95, top-k 20, as the TRD (seed 003) and REDI
-    (seed 004) papers evaluate."""
+    """Sampled evaluation: temperature 0.6, top-p 0.95, top-k 20, as the TRD and REDI papers
+    evaluate."""
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(20, ge=0)
     """0 disables top-k."""
     grading: Literal["strict", "lenient"] = "strict"
-    """Math answers: `strict` reads only the last \\boxed{} (the papers, seed 003 C.2); `lenient`
+    """Math answers: `strict` reads only the last \\boxed{} (the papers; TRD paper C.2); `lenient`
     also accepts "the answer is X", "#### X" or the last number when there is no box. Applies to
     evaluation and to training labels (verdicts of rollouts)."""
     greedy: bool = True

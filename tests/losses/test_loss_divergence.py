@@ -30,7 +30,7 @@ def _plogq(p, log_ratio):
 
 
 def brute_force(student, teacher, name, beta, tau, vocab_clip, token_clip, top_k, tail_bucket):
-    """One position: Python floats and loops over the vocabulary, straight from methods.md."""
+    """One position: Python floats and loops over the vocabulary, straight from docs/methods.md."""
     s = [x / tau for x in student]
     t = [x / tau for x in teacher]
     if top_k is None:

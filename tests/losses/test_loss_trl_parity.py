@@ -1,7 +1,7 @@
 """Our generalized JSD equals TRL's `GKDTrainer.generalized_jsd_loss` with the same beta.
 
 TRL 1.16 keeps GKD in `trl.experimental.gkd`; its beta = 0 branch is forward KL `KL(p_T || p_S)`,
-beta = 1 reverse KL, and the mixture is `beta p_T + (1 - beta) p_S`: the methods.md convention.
+beta = 1 reverse KL, and the mixture is `beta p_T + (1 - beta) p_S`: the docs/methods.md convention.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Teacher traces for offline distillation (REDI, seeds 001 and 004): generate, pair, import.
+"""Teacher traces for offline distillation (REDI; docs/methods.md): generate, pair, import.
 
     problems --teacher samples n traces--> verify --> traces (prompt, completion, correct, length)
     traces --first correct + first incorrect per problem, length filters--> pairs (prompt/chosen/rejected)

@@ -1,4 +1,4 @@
-"""Training diagnostics of seed 003 (TRD, appendix C.5), usable by every on-policy method.
+"""Training diagnostics of the TRD paper (appendix C.5), usable by every on-policy method.
 
 All are computed over the response tokens of a training batch and returned as (sum, count)
 pairs, so the trainer adds them up over micro-batches and processes before dividing: the logged

@@ -97,7 +97,7 @@ def evaluate(
 
 
 def runs_se(sampled_rows: list[dict], n: int) -> float:
-    """REDI's error bar (seed 004, C.5): the standard deviation of the n benchmark-wide pass@1
+    """REDI's error bar (REDI paper, C.5): the standard deviation of the n benchmark-wide pass@1
     scores (sample j of every problem is run j) over sqrt(n). NaN for n = 1."""
     runs = [[0, 0] for _ in range(n)]
     for r in sampled_rows:

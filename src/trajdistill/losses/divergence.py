@@ -1,6 +1,6 @@
 """Per-token full-vocabulary divergences between student and teacher logits.
 
-Notation (methods.md): `p_S = softmax(z_S / tau)`, `p_T = softmax(z_T / tau)` over the vocabulary V.
+Notation (docs/methods.md): `p_S = softmax(z_S / tau)`, `p_T = softmax(z_T / tau)` over the vocabulary V.
 
 - forward KL   `D_t = sum_v p_T(v) (log p_T(v) - log p_S(v))`
 - reverse KL   `D_t = sum_v p_S(v) (log p_S(v) - log p_T(v))`
@@ -29,7 +29,7 @@ _ALIASES = {"generalized_jsd": "jsd", "fkl": "forward_kl", "rkl": "reverse_kl"}
 def canonical_divergence(name: str, beta: float = 0.5) -> tuple[str, float]:
     """Map a divergence name (and beta) to one of `forward_kl`, `reverse_kl`, `jsd`.
 
-    `jsd` with beta = 0 is forward KL and with beta = 1 reverse KL (methods.md, same as TRL), so
+    `jsd` with beta = 0 is forward KL and with beta = 1 reverse KL (docs/methods.md, same as TRL), so
     those two are routed to the exact KL formulas rather than the degenerate mixture.
     """
     name = _ALIASES.get(name, name)

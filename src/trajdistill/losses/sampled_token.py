@@ -1,7 +1,7 @@
 """The sampled-token estimator of on-policy distillation, straight from hidden states.
 
 With `y_t` the sampled token at position t (the student's own rollout), `w_t` per-token weights
-and `Z` the normaliser (methods.md):
+and `Z` the normaliser (docs/methods.md):
 
     A_t = sg(log p_T(y_t) - log p_S(y_t))
     L   = -sum_t w_t A_t log p_S(y_t) / Z

@@ -1,4 +1,4 @@
-"""Sequence objectives on whole responses: SFT, REDI, DPO, SimPO (seeds 001, 004).
+"""Sequence objectives on whole responses: SFT, REDI, DPO, SimPO (the REDI paper; docs/methods.md).
 
 Every function takes per-sequence *summed* response log-probs `log p(y|x)` [B] (and, where the
 objective needs them, response token counts `|y|` [B]) and returns `(loss, metrics)`.

@@ -64,7 +64,7 @@ class REDIOptions(OfflineOptions):
 
 class DPOOptions(OfflineOptions):
     beta: float = Field(0.1, gt=0.0)
-    """DPO's beta (the REDI paper's tuned baseline: 0.001, seed 004 App. C.4)."""
+    """DPO's beta (the REDI paper's tuned baseline: 0.001, its App. C.4)."""
     reference: str | None = None
     """Reference model; None: the starting model (adapter disabled under LoRA), i.e. the stage-1
     SFT model when `model.name` is its exported directory. Scored once, before training."""
@@ -72,7 +72,7 @@ class DPOOptions(OfflineOptions):
 
 class SimPOOptions(OfflineOptions):
     beta: float = Field(2.0, gt=0.0)
-    """SimPO's beta (the REDI paper's baseline: 2.0, seed 004 App. C.4)."""
+    """SimPO's beta (the REDI paper's baseline: 2.0, its App. C.4)."""
     gamma: float = 1.0
     """SimPO's target margin gamma (the REDI paper's baseline: 1.0)."""
 

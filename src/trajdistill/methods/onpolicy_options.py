@@ -29,7 +29,7 @@ class OnPolicyOptions(MethodOptions):
     wants a properly ended answer keeps scoring "continue", so training on them teaches not to stop.
     Data set references always end; teacher samples cut at the budget are dropped like the student's."""
     diagnostics: bool = True
-    """Log seed 003's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
+    """Log the TRD paper's C.5 training diagnostics (`diag/*`: teacher mass on epistemic onset tokens,
     teacher/student perplexity gap)."""
 
 

@@ -1,4 +1,4 @@
-"""ReNIO: reweight likely-negative rollouts by the student-to-teacher ratio on their tokens (seed 000).
+"""ReNIO: reweight likely-negative rollouts by the student-to-teacher ratio on their tokens (the ReNIO paper; docs/methods.md).
 
     y ~ p_S(. | c_S)                                   (rollout, as in OPD / OPSD)
     r_t = min(log p_S(y_t) - log p_T(y_t), C)          (both at the sampling temperature)
@@ -40,7 +40,7 @@ from trajdistill.weighting import renio_raw_weights, renio_sample_weights, renio
 
 
 class ReNIOOptions(SettingOptions):
-    """ReNIO sample weights (seed 000; methods.md). The section `renio:`; presets renio-opd / renio-opsd set C and delta."""
+    """ReNIO sample weights (the ReNIO paper; docs/methods.md). The section `renio:`; presets renio-opd / renio-opsd set C and delta."""
 
     ratio_cap: float = 2.0
     """C: cap on the log-ratio r_t = min(log p_S(y_t) - log p_T(y_t), C). Authors: OPD 2.0, OPSD 2.5."""

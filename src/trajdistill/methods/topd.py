@@ -1,6 +1,6 @@
-"""TOPD: reverse-KL OPD with a near-future filter and teacher near-future guidance (seed 002).
+"""TOPD: reverse-KL OPD with a near-future filter and teacher near-future guidance (the TOPD paper; docs/methods.md).
 
-No public code exists; this is our formulation (methods.md), with both parts switchable so that
+No public code exists; this is our formulation (docs/methods.md), with both parts switchable so that
 "OPD -> +filter -> TOPD" is three presets (opd-reverse-kl, topd-filter, topd):
 
     y ~ p_S(. | c_S);  D_t = KL(p_S || p_T) at every response token (no grad, in collect)
@@ -36,7 +36,7 @@ from trajdistill.weighting.near_future import _high_loss as high_loss_tokens
 
 
 class TOPDOptions(SettingOptions):
-    """The section `topd:`. TOPD (seed 002): our formulation, no public code; every value below is our choice (methods.md)."""
+    """The section `topd:`. TOPD: our formulation, no public code; every value below is our choice (docs/methods.md)."""
 
     filter: bool = True
     """Near-future filter: drop high-loss tokens whose near future is not divergent."""

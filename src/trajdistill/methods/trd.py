@@ -1,4 +1,4 @@
-"""TRD: trajectory-refined distillation (seed 003).
+"""TRD: trajectory-refined distillation (the TRD paper; docs/methods.md).
 
     stage 1   y_o ~ p_S(. | c_S)                                    (student rollout, n = 1)
     stage 2   y_r ~ p_T(. | refine(x, y_o))       OPD: separate teacher, no reference
@@ -66,7 +66,7 @@ def choose_target(row: dict, fallback: str, outcome_filter: str) -> str | None:
 
 
 class TRDOptions(SettingOptions):
-    """The section `trd:`. TRD (seed 003): stage 1 samples y_o with `sampling`, stage 2 refines it into y_r, stage 3
+    """The section `trd:`. TRD (docs/methods.md): stage 1 samples y_o with `sampling`, stage 2 refines it into y_r, stage 3
     distils with the `loss` divergence along y_r (teacher context: the refinement prompt)."""
 
     outcome_filter: Literal["all", "incorrect", "correct", "fail_to_pass"] = "all"
@@ -76,7 +76,7 @@ class TRDOptions(SettingOptions):
     single-update pipeline); online: refine each step's fresh rollouts."""
     fallback: Literal["none", "raw", "drop"] = "none"
     """What to do with an unusable refinement (truncated at the budget, or not in the answer
-    format). `none` (the paper's pipeline, seed 003 section 5 and Table 13): train on y_r whatever
+    format). `none` (the paper's pipeline, TRD paper section 5 and Table 13): train on y_r whatever
     its status; only an empty refinement is skipped (counted in `refine/empty`). `raw`: train on the
     raw rollout y_o instead (teacher context: the plain OPD/OPSD one). `drop`: leave it out.
     `train/on_refined` logs the share trained on y_r."""

@@ -1,4 +1,4 @@
-"""TRD's prompts (seed 003, section C.4): the stage-1 initial-response instructions and the four
+"""TRD's prompts (TRD paper, section C.4): the stage-1 initial-response instructions and the four
 stage-2 refinement templates (OPD / OPSD x math / code).
 
 The template text and whitespace follow the authors' release (`recipe/opd/generation/

@@ -1,4 +1,4 @@
-"""TRD's stage-1/2 rows: their statuses, the refinement table (seed 003, appendix B.1) and their
+"""TRD's stage-1/2 rows: their statuses, the refinement table (TRD paper, appendix B.1) and their
 Parquet files (readable by pandas and `datasets`).
 
 One row per raw rollout y_o: its refinement y_r, both verdicts, the prompts, and why a refinement
@@ -40,7 +40,7 @@ def joint_outcome(y_o_passed: bool, y_r_passed: bool) -> str:
     return f"{'pass' if y_o_passed else 'fail'}_to_{'pass' if y_r_passed else 'fail'}"
 
 
-# -- the refinement table (seed 003, appendix B.1) ---------------------------------------------
+# -- the refinement table (TRD paper, appendix B.1) --------------------------------------------
 def refinement_table(rows: list[dict]) -> dict:
     """Pass rate and median length of y_o vs y_r, joint outcomes and refinement statuses."""
     n = len(rows)

@@ -1,4 +1,4 @@
-"""TOPD step 1, the near-future filter (seed 002; our formulation, no public code exists).
+"""TOPD step 1, the near-future filter (TOPD paper; our formulation, no public code exists).
 
 Among high-loss tokens, the top `q` fraction of `D_t` over the batch's response tokens, keep a
 token only if the near future is also divergent:

@@ -1,4 +1,4 @@
-"""ReNIO sample weights: up-weight rollouts whose sampled tokens the teacher finds unlikely (seed 000).
+"""ReNIO sample weights: up-weight rollouts whose sampled tokens the teacher finds unlikely (the ReNIO paper).
 
 - `r_t = min(log p_S(y_t) - log p_T(y_t), C)` on the sampled tokens (both at the sampling temperature)
 - pivotal tokens `P_i = {t : r_t >= delta}`, score `s_i = mean_{t in P_i} r_t` (0 if `P_i` is empty)
@@ -74,7 +74,7 @@ def renio_sample_weights(
 
     Args:
         student_logp, teacher_logp: `[B, T]` log-probs of the sampled tokens at the sampling
-            temperature (methods.md default 1.1). mask: `[B, T]` response positions.
+            temperature (ReNIO's default 1.1). mask: `[B, T]` response positions.
         ratio_cap: `C` (OPD 2.0, OPSD 2.5). threshold: `delta` (OPD 1.0, OPSD 0.8). tau: `tau_w`.
         normalize: `"batch"` divides by the mean over the optimisation batch: `batch_mean` if
             given (e.g. `global_mean` of all micro-batches' raw weights), else the mean of this
