@@ -58,9 +58,9 @@ def eval_cmd(
     split: str = typer.Option("held-out", help="held-out | train | all (split by stable id hash)."),
     limit: Optional[int] = typer.Option(64, help="At most this many problems (0: all)."),
     k: list[int] = typer.Option([1, 4], "--k", help="Pass@k values (n = max k samples per problem)."),
-    temperature: float = typer.Option(0.6, help="Sampling temperature for the k samples (seeds 003/004: 0.6)."),
-    top_p: float = typer.Option(0.95, help="Top-p of the k samples (seeds 003/004: 0.95)."),
-    top_k: int = typer.Option(20, help="Top-k of the k samples, 0 for none (seeds 003/004: 20)."),
+    temperature: float = typer.Option(0.6, help="Sampling temperature for the k samples (TRD and REDI papers: 0.6)."),
+    top_p: float = typer.Option(0.95, help="Top-p of the k samples (TRD and REDI papers: 0.95)."),
+    top_k: int = typer.Option(20, help="Top-k of the k samples, 0 for none (TRD and REDI papers: 20)."),
     grading: Optional[str] = typer.Option(None, help="Math grading: strict (last \\boxed{} only, the papers') "
                                           "or lenient; default: the config's eval.grading (strict)."),
     greedy: bool = typer.Option(True, help="Also report greedy accuracy."),
