@@ -181,3 +181,51 @@ def test_renio_sequence_mean_expressed_as_token_weights():
     torch.testing.assert_close(loss, expected)
     for got, want in zip(torch.autograd.grad(loss, (hidden, weight)), torch.autograd.grad(expected, (hidden, weight))):
         torch.testing.assert_close(got, want)
+
+
+class _LargestFloat32(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the element count of the largest fp32 tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("train_head", [False, True], ids=["frozen-head", "trained-head"])
+def test_a_bf16_head_is_upcast_one_vocabulary_slice_at_a_time(monkeypatch, train_head):
+    """Neither the student's nor the teacher's bf16 head is copied to fp32 whole (only the fp32
+    gradient of a trained head has its size); the loss and gradients stay those of fp32 arithmetic
+    on the bf16 values (an fp64 reference on the same values)."""
+    import trajdistill.losses.chunked as chunked
+
+    vocab, width, rows = 1024, 64, 24
+    monkeypatch.setattr(chunked, "UPCAST_ELEMENTS", 64 * 100)  # slices of 100 rows: 11 slices, the last short
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, width, generator=gen).bfloat16().requires_grad_(True)
+    weight = (torch.randn(vocab, width, generator=gen) * 0.3).bfloat16().requires_grad_(train_head)
+    teacher_hidden = torch.randn(rows, width, generator=gen).bfloat16()
+    teacher_weight = (torch.randn(vocab, width, generator=gen) * 0.3).bfloat16()
+    options = dict(divergence="jsd", beta=0.3, temperature=0.9, chunk_size=8)
+    with _LargestFloat32() as seen:
+        loss, _ = chunked_divergence_from_hidden(hidden, weight, teacher_hidden=teacher_hidden,
+                                                 teacher_head_weight=teacher_weight, **options)
+        grads = torch.autograd.grad(loss, (hidden, weight) if train_head else (hidden,))
+    # chunk x V logits (8 x 1024) are the largest fp32 tensors; a trained head's gradient is V x H
+    assert seen.largest == (vocab * width if train_head else 8 * vocab)
+
+    wide = [t.detach().double().requires_grad_(True) for t in (hidden, weight)]
+    ref, _ = chunked_divergence_from_hidden(wide[0], wide[1], teacher_hidden=teacher_hidden.double(),
+                                            teacher_head_weight=teacher_weight.double(), **options)
+    ref_grads = torch.autograd.grad(ref, wide if train_head else wide[:1])
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-4)  # bf16 rounding of the result

@@ -184,3 +184,22 @@ def test_rollouts_without_sampler_logprobs_get_the_students_own_at_the_sampling_
     for a, b in zip(first.units, again.units):
         torch.testing.assert_close(b.student_logprobs.float(), a.student_logprobs.float(), atol=1e-4, rtol=0)
     assert again.metrics["renio/auc"] == first.metrics["renio/auc"]
+
+
+def test_cached_teacher_states_stay_in_the_models_dtype_on_its_device(tmp_path, tiny_lm, tokenizer):
+    """bf16 weights give bf16 states (the teacher hands them back as fp32): the cache keeps them in
+    bf16 where they were computed, no host copy, and the scores from the cache are unchanged."""
+    _, ctx, method = build_tiny(tmp_path, tiny_lm.to(torch.bfloat16), tokenizer)
+    seqs = hand_built(method, tokenizer)
+    for s in seqs:
+        s.teacher_hidden = None
+    method.cache_teacher_hidden(seqs)
+    device = next(ctx.model.parameters()).device
+    for s in seqs:
+        assert s.teacher_hidden.dtype == torch.bfloat16 and s.teacher_hidden.device == device
+    from trajdistill.train.batch import collate
+
+    fresh = ctx.teacher.response_hidden([s.teacher_prompt for s in seqs], [s.response for s in seqs],
+                                        collate(seqs, ctx.pad_id).teacher)
+    assert fresh.dtype == torch.float32
+    assert torch.equal(torch.cat([s.teacher_hidden for s in seqs]).float(), fresh)  # bf16 values: exact

@@ -17,6 +17,43 @@ from trajdistill.losses.divergence import canonical_divergence
 TeacherChunk = Callable[[torch.Tensor], torch.Tensor]
 ChunkObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
 
+UPCAST_ELEMENTS = 2**26
+"""At most this many elements of a lower-precision LM head are upcast at once (256 MB in fp32):
+a bf16 head is never copied to fp32 whole (Qwen3-8B's 151,936 x 4,096 would be 2.5 GB per copy)."""
+
+
+def _vocab_slices(weight: torch.Tensor) -> list[slice]:
+    step = max(1, UPCAST_ELEMENTS // max(weight.shape[1], 1))
+    return [slice(v, v + step) for v in range(0, weight.shape[0], step)]
+
+
+def _same_dtype(dtype, *tensors) -> bool:
+    return all(t is None or t.dtype == dtype for t in tensors)
+
+
+def head_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype) -> torch.Tensor:
+    """`h @ W^T (+ b)` `[n, V]` computed in `dtype` (`h` already in it). A head in `dtype` is used as
+    it is; a head in another dtype (bf16/fp16 under an fp32 loss) is upcast one vocabulary slice at
+    a time, so the products are the fp32 ones without a whole fp32 copy of the head."""
+    if _same_dtype(dtype, weight, bias):
+        return h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
+    out = torch.empty((h.shape[0], weight.shape[0]), dtype=dtype, device=h.device)
+    for v in _vocab_slices(weight):
+        w = weight[v].to(dtype)
+        out[:, v] = h @ w.T if bias is None else torch.addmm(bias[v].to(dtype), h, w.T)
+    return out
+
+
+def _through_head(grad_logits: torch.Tensor, weight: torch.Tensor, dtype) -> torch.Tensor:
+    """`grad_logits @ W` `[n, H]` in `dtype`, upcasting a head in another dtype slice by slice."""
+    if weight.dtype == dtype:
+        return grad_logits @ weight
+    out = None
+    for v in _vocab_slices(weight):
+        part = grad_logits[:, v] @ weight[v].to(dtype)
+        out = part if out is None else out.add_(part)
+    return out
+
 
 class _FusedDivergence(torch.autograd.Function):
     """`loss = sum_t w_t D_t / normalizer` over rows of `hidden [N, H]`; see the public wrapper."""
@@ -26,8 +63,6 @@ class _FusedDivergence(torch.autograd.Function):
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         device = hidden.device
-        weight_c = weight.to(dtype)
-        bias_c = None if bias is None else bias.to(dtype)
         grad_hidden = torch.zeros(hidden.shape, dtype=dtype, device=device) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=dtype, device=device) if need_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=device) if need_bias else None
@@ -36,14 +71,14 @@ class _FusedDivergence(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             h = hidden[rows].to(dtype)
-            logits = h @ weight_c.T if bias_c is None else torch.addmm(bias_c, h, weight_c.T)
+            logits = head_logits(h, weight, bias, dtype)
             teacher = teacher_chunk(torch.arange(start, start + h.shape[0], device=device))
             if observe is not None:
                 observe(start, logits, teacher)
             values, grad_logits = chunk_divergence_and_grad(logits, teacher, scale[rows], **options)
             per_token[rows] = values
             if need_hidden:
-                grad_hidden[rows] = grad_logits @ weight_c
+                grad_hidden[rows] = _through_head(grad_logits, weight, dtype)
             if need_weight:
                 grad_weight.addmm_(grad_logits.T, h)
             if need_bias:
@@ -76,12 +111,11 @@ def _teacher_chunker(rows, teacher_logits, teacher_hidden, teacher_head_weight, 
     if teacher_head_weight is None:
         raise ValueError("teacher_hidden needs teacher_head_weight")
     flat_h = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
-    w = teacher_head_weight.detach().float()
-    b = None if teacher_head_bias is None else teacher_head_bias.detach().float()
+    w = teacher_head_weight.detach()  # in its own dtype: upcast per vocabulary slice in head_logits
+    b = None if teacher_head_bias is None else teacher_head_bias.detach()
 
     def chunk(idx):
-        h = flat_h[rows[idx]].float()
-        return h @ w.T if b is None else torch.addmm(b, h, w.T)
+        return head_logits(flat_h[rows[idx]].float(), w, b, torch.float32)
 
     return chunk
 
@@ -119,7 +153,9 @@ def chunked_divergence_from_hidden(
         student_hidden: `[B, T, H]` (with `mask [B, T]`) or `[N, H]`; the student's final hidden
             states, aligned so that position t predicts response token t (the caller shifts).
             May be bf16/fp16: every chunk is computed in fp32 (fp64 stays fp64).
-        lm_head_weight: `[V, H]` (`model.lm_head.weight`); `lm_head_bias` optional `[V]`.
+        lm_head_weight: `[V, H]` (`model.lm_head.weight`); `lm_head_bias` optional `[V]`. A bf16/fp16
+            head (the student's or the teacher's) stays as it is: only the slice of it in use is
+            upcast (`UPCAST_ELEMENTS`), never the whole head.
         mask: `[B, T]` response positions (1 = counts). None = every position.
         teacher_logits: `[B, T, V]` (or `[N, V]`), same layout as `student_hidden`; read one chunk
             of rows at a time. Or instead `teacher_hidden` `[B, T, H_T]` + `teacher_head_weight`
@@ -150,7 +186,8 @@ def chunked_divergence_from_hidden(
 
     Forward, reverse KL and JSD without per-vocab clip or top-k use closed-form logit gradients;
     other options run a local autograd pass inside each chunk. Memory: a few `chunk x V` fp32
-    buffers plus one fp32 `[V, H]` gradient accumulator.
+    buffers, an fp32 slice of a lower-precision head, plus one fp32 `[V, H]` gradient accumulator
+    when the head itself is trained.
     """
     hidden_dim = student_hidden.shape[-1]
     flat_hidden = student_hidden.reshape(-1, hidden_dim)

@@ -4,8 +4,9 @@ ReNIO needs every rollout's sampled-token log-ratio to normalise its sample weig
 optimisation batch; TOPD needs every response token's divergence to pick the step's high-loss
 quantile. Both are computed in `collect`, without gradient. The teacher is frozen, so the hidden
 states it gives in `collect` are exactly those the loss would recompute: they are kept on each
-`TrainSequence` (`teacher_hidden`, `[len(response), H]`, on the CPU) and the loss runs only the
-student.
+`TrainSequence` (`teacher_hidden`, `[len(response), H]`, on the teacher's device, in its weights'
+dtype: a bf16 model's states are bf16 values, so nothing is lost against the fp32 the teacher
+returns, and nothing travels to the host and back) and the loss runs only the student.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from trajdistill.methods.onpolicy import Hidden, OnPolicyDistillation
-from trajdistill.models.backbone import lm_head_weight
+from trajdistill.models.backbone import base_causal_lm, lm_head_weight
 from trajdistill.train.batch import TrainSequence, collate
 from trajdistill.losses.logprobs import token_logprobs
 from trajdistill.train.lockstep import lockstep_micro_batches
@@ -39,6 +40,16 @@ class StepScoredDistillation(OnPolicyDistillation):
             if chunk:
                 yield chunk, counts
 
+    def _cached_dtype(self, states: torch.Tensor) -> torch.dtype:
+        """The teacher weights' dtype when it is narrower than `states` (bf16 states come back as
+        fp32 from the teacher), else `states`'. Read from the head's parameter, which needs no
+        gather under FSDP."""
+        head = getattr(getattr(self.ctx.teacher, "model", None), "get_output_embeddings", None)
+        if head is None:
+            return states.dtype
+        weights = base_causal_lm(self.ctx.teacher.model).get_output_embeddings().weight.dtype
+        return weights if weights.itemsize < states.dtype.itemsize else states.dtype
+
     @torch.no_grad()
     def cache_teacher_hidden(self, seqs: list[TrainSequence]) -> None:
         """Score the teacher once per sequence; the loss (`hidden`) reuses it."""
@@ -46,7 +57,8 @@ class StepScoredDistillation(OnPolicyDistillation):
         for chunk, counts in self._chunks(todo):
             t = collate(chunk, self.ctx.pad_id).teacher
             states = self.ctx.teacher.response_hidden([s.teacher_prompt for s in chunk],
-                                                      [s.teacher_response or s.response for s in chunk], t).cpu()
+                                                      [s.teacher_response or s.response for s in chunk], t)
+            states = states.to(self._cached_dtype(states))
             for seq, h in zip(chunk, states.split([len(s.response) for s in chunk])):
                 if counts:
                     seq.teacher_hidden = h
