@@ -116,6 +116,14 @@ class VLLMSpec(Section):
     """Engine core in a child process (weights synced through /dev/shm) instead of in-process."""
     cpu_threads: str | None = None
     """CPU: cores the engine's OpenMP threads bind to, e.g. "0-1"; None: all this process may use."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one engine spans. Under torchrun / accelerate launch every process runs its part of an
+    engine (vLLM's `external_launcher`): N processes hold N / tensor_parallel_size engines, and the
+    processes of one engine sample their prompts together. Must divide the number of processes."""
+    sleep_mode: bool = False
+    """GPU only: between generations the engine frees its KV cache and drops its weights (vLLM sleep
+    level 2), leaving the memory to the update; the next sync pushes the weights again. Ignored by
+    vLLM's CPU build."""
     rescore_logprobs: bool = False
     """With top-k/top-p on, re-score rollouts with the student's forward pass for exact log-probs.
     Off: the rollouts carry none there, and ReNIO (their only user) scores them itself with the

@@ -147,27 +147,39 @@ def test_vllm_keeps_eos_once_when_the_model_stops(engine, tokenizer, prompts):
     assert [(r.response_ids, r.finished, r.text) for r in vl] == [(r.response_ids, r.finished, r.text) for r in hf]
 
 
-def test_vllm_engine_starts_once_and_syncs_only_changed_weights(engine, student, tokenizer, record_property):
+def test_vllm_engine_starts_once_and_pushes_only_a_new_weights_version(engine, student, tokenizer, prompts,
+                                                                       record_property):
     started_engine = engine.engine
-    engine.sync(student)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
+    engine.sync(student, version=7)
     count = len(engine.sync_seconds)
     began = time.perf_counter()
-    engine.sync(student)  # unchanged: nothing pushed
+    engine.sync(student, version=7)  # the same version: nothing pushed, no pass over the weights
     skipped = time.perf_counter() - began
     assert len(engine.sync_seconds) == count
 
     changed = copy.deepcopy(student)
     with torch.no_grad():
-        next(p for n, p in changed.named_parameters() if "lora_B" in n).add_(0.01)
-    engine.sync(changed)
+        for name, p in changed.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    engine.sync(changed, version=8)
     assert len(engine.sync_seconds) == count + 1
     assert engine.engine is started_engine
     assert engine.sync_seconds[-1] < engine.start_seconds
+    expected = HFSampler(changed, tokenizer, progress=False).sample(prompts, greedy)
+    assert [r.response_ids for r in engine.sample(prompts, greedy)] == [r.response_ids for r in expected]
+
+    with changed.disable_adapter():  # a switch of the adapter is a change too, at any version
+        engine.sync(changed, version=8)
+        assert len(engine.sync_seconds) == count + 2
+        base = HFSampler(changed, tokenizer, progress=False).sample(prompts, greedy)
+        assert [r.response_ids for r in engine.sample(prompts, greedy)] == [r.response_ids for r in base]
     record_property("engine_start_s", round(engine.start_seconds, 2))
     record_property("sync_s", round(engine.sync_seconds[-1], 3))
     record_property("skipped_sync_s", round(skipped, 4))
     print(f"engine start {engine.start_seconds:.1f}s, sync {engine.sync_seconds[-1] * 1000:.0f}ms, "
-          f"unchanged sync {skipped * 1000:.1f}ms")
+          f"same-version sync {skipped * 1000:.2f}ms")
 
 
 def test_vllm_seeded_sampling_of_more_prompt_tokens_than_one_step_takes(engine, student, tokenizer):

@@ -10,7 +10,7 @@ from trajdistill.config import LoraSpec
 from trajdistill.models.lora import apply_lora
 from trajdistill.rollout.sampler import SamplingParams
 from trajdistill.rollout.vllm import engine_logprobs_exact, rollouts_from_vllm, vllm_sampling_kwargs
-from trajdistill.rollout.weights import merged_state_dict, weights_fingerprint
+from trajdistill.rollout.weights import adapter_switches, iter_merged_weights, merged_state_dict
 
 
 def test_sampling_params_translate_to_vllm_conventions():
@@ -77,25 +77,28 @@ def test_merged_state_dict_unwraps_ddp_and_skips_a_disabled_adapter(tiny_lm):
     assert not torch.equal(merged_state_dict(wrapped)[key], got[key])
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_fingerprint_changes_with_an_optimizer_step_and_only_then(tiny_lm, fused):
+def test_merged_weights_stream_one_tensor_at_a_time_and_tied_names_share_one(tiny_lm):
     model = lora_model(tiny_lm)
-    first = weights_fingerprint(model)
-    merged_state_dict(model)
-    assert weights_fingerprint(model) == first
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=1e-6, fused=fused)  # fused steps leave version counters alone
-    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
-    optim.step()
-    assert weights_fingerprint(model) != first
+    base = model.get_base_model()
+    assert base.config.tie_word_embeddings
+    names = [name for name, _ in iter_merged_weights(model)]
+    assert len(names) == len(set(names)) == len(merged_state_dict(model))
+    stream = iter_merged_weights(model)
+    seen = {}
+    for name, tensor in stream:  # a generator: nothing is gathered before it is asked for
+        seen[name] = tensor
+    assert seen["lm_head.weight"] is seen["model.embed_tokens.weight"]
+    head = names.index("lm_head.weight")
+    assert names[head - 1] == "model.embed_tokens.weight" or names[head + 1] == "model.embed_tokens.weight"
+
+
+def test_adapter_switches_follow_disabling_and_merging(tiny_lm):
+    model = lora_model(tiny_lm)
+    on = adapter_switches(model)
+    assert any(active for _, active in on)
     with model.disable_adapter():
-        off = weights_fingerprint(model)
-    assert off != weights_fingerprint(model)
-
-
-def test_fingerprint_sees_a_checkpoint_loaded_into_frozen_weights(tiny_lm):
-    model = lora_model(tiny_lm)
-    first = weights_fingerprint(model)
-    with torch.no_grad():
-        model.get_base_model().model.norm.weight.copy_(torch.full_like(model.get_base_model().model.norm.weight, 2.0))
-    assert weights_fingerprint(model) != first
+        assert adapter_switches(model) != on
+    model.merge_adapter()
+    assert adapter_switches(model) != on  # merged: the base weights carry the update now
+    model.unmerge_adapter()
+    assert adapter_switches(model) == on

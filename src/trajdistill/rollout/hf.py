@@ -148,7 +148,7 @@ class HFSampler:
         self.context = context or contextlib.nullcontext
         self.packed = packed  # `model.packed_linear`
 
-    def sync(self, model) -> None:
+    def sync(self, model, version: int | None = None) -> None:
         """Nothing to do: `generate` runs on the live weights."""
 
     def close(self) -> None:

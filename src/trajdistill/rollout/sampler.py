@@ -45,9 +45,11 @@ class Sampler(Protocol):
         """
         ...
 
-    def sync(self, model) -> None:
+    def sync(self, model, version: int | None = None) -> None:
         """Make the engine sample from `model`'s current weights (the trainer calls this before every
         collection and every evaluation). `model` may be wrapped (DDP/FSDP) and carry a LoRA adapter.
+        `version` is the trainer's count of weight changes (optimizer steps, checkpoint loads): an
+        engine that holds that version already skips the push; None means unknown (always push).
         A no-op for backends that sample from the live model (HF)."""
         ...
 
@@ -171,9 +173,9 @@ class LazySampler:
             self._sampler = self._build()
         return self._sampler.sample(prompts, params, problem_ids)
 
-    def sync(self, model) -> None:
+    def sync(self, model, version: int | None = None) -> None:
         if self._sampler is not None:
-            self._sampler.sync(model)
+            self._sampler.sync(model, version)
 
     def close(self) -> None:
         if self._sampler is not None:

@@ -1,10 +1,13 @@
 """vLLM backend (`sampling.backend: vllm`; `pip install trajdistill[vllm]`, or `make vllm-env`).
 
-One engine per run, started from the student's weights (written once as a Hugging Face model
-directory under /dev/shm, never fetched from a hub). The engine keeps its own copy of the weights,
-so the trainer calls `sync(model)` before every collection and evaluation: the LoRA-merged state
-dict goes through `collective_rpc("reload_weights")`, the engine's public in-place reload. A sync
-is skipped when the weights have not changed since the last one.
+One engine per run (per `tensor_parallel_size` processes under torchrun / accelerate launch, the
+way vLLM supports colocating with a trainer: `distributed_executor_backend="external_launcher"`).
+The engine starts with placeholder weights from the student's config (no model copy is written
+anywhere) and keeps its own copy of the weights, so the trainer calls `sync(model, version)`
+before every collection and evaluation: the LoRA-merged weights stream into vLLM's in-place
+reload (`collective_rpc("reload_weights")`) one tensor at a time, FSDP shards gathered one at a
+time. A sync is skipped when the trainer's weights version (its optimizer-step count) and the
+adapter switches are those of the last push.
 
 Log-probs follow the `Sampler` contract (log p(y_t) under softmax(logits / T) of the full
 vocabulary). The engine runs with `logprobs_mode="processed_logprobs"`, which is exactly that when
@@ -29,10 +32,11 @@ import torch
 
 from trajdistill import UserError
 from trajdistill.models.backbone import base_causal_lm
+from trajdistill.train.distributed import is_distributed
 from trajdistill.records import Rollout
 from trajdistill.rollout.rescore import response_logprobs
 from trajdistill.rollout.sampler import SamplingParams
-from trajdistill.rollout.weights import merged_state_dict, weights_fingerprint
+from trajdistill.rollout.weights import adapter_switches, iter_merged_weights
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,11 @@ class VLLMOptions:
     cpu_threads: str | None = None
     """CPU only: cores the engine binds its OpenMP threads to, e.g. "0-1" (VLLM_CPU_OMP_THREADS_BIND).
     None: every core this process may run on, none reserved. In-process the trainer shares them."""
+    tensor_parallel_size: int = 1
+    """GPUs (processes) one engine spans under torchrun; must divide the number of processes."""
+    sleep_mode: bool = False
+    """GPU only: free the KV cache and drop the weights between generations (vLLM sleep level 2);
+    the next sync pushes the weights again. vLLM's CPU build ignores it."""
     seed: int = 0
     """Engine seed for requests without their own (`SamplingParams.seed` None)."""
     rescore_logprobs: bool = False
@@ -129,19 +138,28 @@ def _model_root() -> Path | None:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
-def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write `state` as one safetensors file. Tied tensors (the embedding as the head) are written
-    twice: safetensors refuses shared storage, and an in-place reload leaves a tensor it does not
-    find in the file uninitialised."""
+def _save_weights(weights, path: Path) -> None:
+    """Write `(name, tensor)` pairs as one safetensors file (the child-process engine's sync).
+    Tied tensors (the embedding as the head) are written twice: safetensors refuses shared storage,
+    and an in-place reload leaves a tensor it does not find in the file uninitialised."""
     from safetensors.torch import save_file
 
     seen: set[int] = set()
     out = {}
-    for name, tensor in state.items():
+    for name, tensor in weights:
         ptr = tensor.data_ptr()
-        out[name] = tensor.clone() if ptr in seen else tensor.contiguous()
+        out[name] = tensor.detach().cpu().clone() if ptr in seen else tensor.detach().cpu().contiguous()
         seen.add(ptr)
     save_file(out, str(path))
+
+
+def _processes() -> tuple[int, int]:
+    """(rank, number of processes) of the launched job; (0, 1) without one."""
+    if not is_distributed():
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(), dist.get_world_size()
 
 
 class VLLMSampler:
@@ -161,9 +179,23 @@ class VLLMSampler:
         self.model = model
         self.sync_seconds: list[float] = []
         """Wall time of each sync that pushed weights (skipped ones are not listed)."""
+        self._synced: tuple | None = None  # (weights version, adapter switches) of the engine's copy
+        self._asleep = False
 
         base = base_causal_lm(model)
         on_cpu = _on_cpu()
+        rank, world = _processes()
+        tp = opts.tensor_parallel_size
+        if world > 1 and opts.multiprocess:
+            raise UserError("sampling.vllm.multiprocess: a run of several processes runs one engine part in "
+                            "each process (vLLM's external_launcher); set it to false")
+        if world % tp:
+            raise UserError(f"sampling.vllm.tensor_parallel_size {tp} does not divide the {world} processes")
+        if world == 1 and tp > 1:
+            raise UserError(f"sampling.vllm.tensor_parallel_size {tp}: launch {tp} or more processes "
+                            f"(torchrun --nproc_per_node N); each runs its part of an engine")
+        if opts.sleep_mode and on_cpu:
+            raise UserError("sampling.vllm.sleep_mode: vLLM's CPU build has no sleep mode (GPU only)")
         dtype = opts.dtype or str(next(base.parameters()).dtype).removeprefix("torch.")
         self._dir = Path(tempfile.mkdtemp(prefix="trajdistill-vllm-", dir=_model_root()))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
@@ -171,7 +203,8 @@ class VLLMSampler:
         config.pop("quantization_config", None)
         type(base.config).from_dict(config).save_pretrained(self._dir)
         tokenizer.save_pretrained(self._dir)
-        _save_weights(merged_state_dict(model), self._dir / "model.safetensors")
+        if opts.multiprocess:  # the engine process loads (and reloads) from a file
+            _save_weights(iter_merged_weights(model), self._dir / "model.safetensors")
 
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if opts.multiprocess else "0"
         if on_cpu:
@@ -186,40 +219,50 @@ class VLLMSampler:
             gpu_memory_utilization=opts.gpu_memory_utilization,
             kv_cache_memory_bytes=int(kv_gb * 2**30) if kv_gb is not None else None,
             enforce_eager=opts.enforce_eager if opts.enforce_eager is not None else on_cpu,
-            seed=opts.seed,
+            # processes of one engine draw alike; requests carry their own seeds anyway
+            seed=opts.seed + rank // tp,
+            tensor_parallel_size=tp,
+            distributed_executor_backend="external_launcher" if world > 1 else None,
+            enable_sleep_mode=opts.sleep_mode,
             # vLLM's CPU runner cannot rewind a seeded request's generator after a prefill split
             # across steps ("CPU Generator does not use offset", as soon as one step's prompts
             # exceed the token budget): whole prompts only on CPU.
             enable_chunked_prefill=False if on_cpu else None,
             logprobs_mode="processed_logprobs",
             generation_config="vllm",  # the model directory's sampling defaults never apply
-            load_format="safetensors",
+            # in-process: placeholder weights, replaced by the first sync below (no file written)
+            load_format="safetensors" if opts.multiprocess else "dummy",
             disable_log_stats=True,
         )
         self.start_seconds = time.perf_counter() - started
-        if not opts.multiprocess:
-            (self._dir / "model.safetensors").unlink()  # in-process syncs hand over tensors
-        self._fingerprint = weights_fingerprint(model)
+        if not opts.multiprocess:  # (a child-process engine loaded the file)
+            self._push(model)
+        self._synced = (0, adapter_switches(model))  # the weights it started from are version 0
         log.info("vLLM engine (%s, %s) started in %.1fs", dtype, "cpu" if on_cpu else "gpu", self.start_seconds)
 
-    def sync(self, model) -> None:
-        """Push `model`'s current weights (LoRA merged) into the engine, unless unchanged since the
-        last sync; later rescoring uses `model` too."""
+    def sync(self, model, version: int | None = None) -> None:
+        """Make the engine sample from `model`'s weights (LoRA merged): pushed unless `version` (the
+        trainer's count of optimizer steps and loads) and the adapter switches are those of the last
+        push. `version` None always pushes. Later rescoring uses `model` too. Under FSDP every
+        process calls it together (each weight is gathered collectively)."""
         self.model = model
-        fingerprint = weights_fingerprint(model)
-        if fingerprint == self._fingerprint:
+        if version is not None and self._synced == (version, adapter_switches(model)):
             return
         started = time.perf_counter()
-        state = merged_state_dict(model)
+        self._push(model, version)
+        self.sync_seconds.append(time.perf_counter() - started)
+
+    def _push(self, model, version: int | None = None) -> None:
+        if self._asleep:
+            self.engine.wake_up(tags=["weights"])  # the KV cache comes back only for sampling
         if self.options.multiprocess:
             # tensors cannot cross into the engine process cheaply; a file in RAM can
-            _save_weights(state, self._dir / "model.safetensors")
+            _save_weights(iter_merged_weights(model), self._dir / "model.safetensors")
             self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(self._dir)})
         else:
-            self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+            self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": iter_merged_weights(model)})
         self.engine.reset_prefix_cache()  # cached KV blocks were computed with the old weights
-        self._fingerprint = fingerprint
-        self.sync_seconds.append(time.perf_counter() - started)
+        self._synced = (version, adapter_switches(model))
 
     def sample(self, prompts: Sequence[list[int]], params: SamplingParams,
                problem_ids: Sequence[str] | None = None) -> list[Rollout]:
@@ -233,15 +276,40 @@ class VLLMSampler:
                 seed = params.prompt_seeds[i] % 2**63
             else:
                 seed = None if params.seed is None else params.seed + i * params.n
-            requests.append(self._vllm.SamplingParams(**{**kwargs, "seed": seed}))
-        outputs = self.engine.generate([{"prompt_token_ids": list(p)} for p in prompts], requests,
-                                       use_tqdm=self.progress)
+            requests.append({**kwargs, "seed": seed})
+        if self._asleep:
+            self.engine.wake_up()
+            self._asleep = False
+        outputs = self._generate([list(p) for p in prompts], requests)
+        if self.options.sleep_mode:
+            self.engine.sleep(level=2)  # weights dropped: the next sync pushes them again
+            self._asleep, self._synced = True, None
         rollouts = rollouts_from_vllm(outputs, prompts, ids, self.tokenizer, with_logprobs=exact)
         if not exact and self.options.rescore_logprobs:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             for r, lp in zip(rollouts, response_logprobs(self.model, rollouts, params.temperature, pad_id=pad)):
                 r.logprobs = lp
         return rollouts
+
+    def _generate(self, prompts: list[list[int]], requests: list[dict]) -> list:
+        """The engine's outputs for this process's requests. The processes of one tensor-parallel
+        engine must submit the same requests: each gets everyone's, runs them all, keeps its own."""
+        tp = self.options.tensor_parallel_size
+        group, mine = None, slice(None)
+        if tp > 1:
+            import torch.distributed as dist
+            from vllm.distributed.parallel_state import get_tp_group
+
+            group = get_tp_group().cpu_group
+            parts: list = [None] * tp
+            dist.all_gather_object(parts, (prompts, requests), group=group)
+            before = sum(len(p[0]) for p in parts[: dist.get_rank(group)])
+            mine = slice(before, before + len(prompts))
+            prompts = [p for part in parts for p in part[0]]
+            requests = [r for part in parts for r in part[1]]
+        outputs = self.engine.generate([{"prompt_token_ids": p} for p in prompts],
+                                       [self._vllm.SamplingParams(**r) for r in requests], use_tqdm=self.progress)
+        return outputs[mine]
 
     def close(self) -> None:
         """Stop the engine and delete its model directory."""

@@ -152,6 +152,7 @@ class Trainer:
         if ckpt is None:
             return 0
         state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+        self.ctx.weights_version += 1  # an engine's copy of the weights is stale now
         step = int(state["step"])
         if self.rank == 0:
             trim_metrics(self.metrics_path, step)
@@ -167,7 +168,7 @@ class Trainer:
         started = time.perf_counter()
         seed_everything(self.cfg.seed * 1_000_003 + step * 1009 + self.rank)
         if self.method.needs_sampler:
-            self.ctx.sampler.sync(self.model)
+            self.ctx.sampler.sync(self.model, self.ctx.weights_version)
         result = self.method.collect(self.step_items(step), step)
         collected = time.perf_counter()
         verdicts = self.method.step_verdicts(result)
@@ -177,6 +178,8 @@ class Trainer:
         checked = all_reduce_sums({"errors": float(len(errored)), "verified": float(len(verdicts))}, self.device)
         totals = all_reduce_sums(self.method.counts(result.units), self.device)
         metric_parts = [result.metrics]
+        if totals.get("tokens", 1.0) <= 0:  # nothing trainable on any process (all filtered out)
+            return self._skipped_step(step, started, collected, totals, metric_parts, checked)
         self.model.train()
         micro = lockstep_micro_batches(result.units, self.cfg.optim.micro_batch_size, self.device)
         loss_total = 0.0
@@ -185,7 +188,7 @@ class Trainer:
             ctx = self.accelerator.no_sync(self.model) if (self.accelerator and not sync) else contextlib.nullcontext()
             with ctx:
                 with autocast_context(self.cfg.model.autocast, self.device):  # forward only
-                    if mb and totals.get("tokens", 1) > 0:
+                    if mb:
                         loss, parts = self.method.loss(mb, totals)
                         if counts:
                             metric_parts.append(parts)
@@ -201,14 +204,29 @@ class Trainer:
             loss_total += float(loss.detach())
         grad_norm = self._clip()
         self.optimizer.step()
+        self.ctx.weights_version += 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = all_reduce_sums({"loss": loss_total}, self.device)["loss"]
+        return self._step_metrics(step, started, collected, totals, metric_parts, checked,
+                                  {"loss": loss_sum, "grad_norm": grad_norm, "skipped": 0.0})
+
+    def _skipped_step(self, step, started, collected, totals, metric_parts, checked) -> dict[str, float]:
+        """A step without a trainable token anywhere (every rollout filtered out): no forward, no
+        optimizer step, so the weights and the optimizer's moments stay as they are (a zero loss
+        would still move them: AdamW steps along its momentum). The learning-rate schedule advances
+        with the step count, as it does for any step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.log.note(f"step {step + 1}: no trainable token on any process; optimizer step skipped")
+        return self._step_metrics(step, started, collected, totals, metric_parts, checked,
+                                  {"loss": 0.0, "grad_norm": 0.0, "skipped": 1.0})
+
+    def _step_metrics(self, step, started, collected, totals, metric_parts, checked, update) -> dict[str, float]:
         metrics = merge_metric_sums(metric_parts)
         elapsed = time.perf_counter() - started
         tokens = totals.get("tokens", 0.0)
-        metrics.update({"step": step + 1, "loss": loss_sum, "grad_norm": grad_norm,
-                        "lr": self.scheduler.get_last_lr()[0], "tokens": tokens,
+        metrics.update({"step": step + 1, **update, "lr": self.scheduler.get_last_lr()[0], "tokens": tokens,
                         "tokens_per_s": tokens / max(elapsed, 1e-9),
                         "collect_s": collected - started, "update_s": time.perf_counter() - collected})
         if checked["verified"]:

@@ -206,7 +206,7 @@ def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer
             return None
         began = time.perf_counter()
         log.progress(f"eval {label}: {len(problems.eval)} held-out problems")
-        ctx.sampler.sync(ctx.model)
+        ctx.sampler.sync(ctx.model, ctx.weights_version)
         summary = evaluate(ctx.sampler, ctx.tokenizer, problems.eval, cfg.eval, cfg.prompt, ctx.verifier,
                            out_dir=eval_dir, label=label, rank=ctx.rank, world=ctx.world)
         if summary is not None:
