@@ -9,7 +9,6 @@ from typing import Optional
 
 import typer
 
-from trajdistill import UserError
 from trajdistill.cli_support import one_line, quiet_libraries, user_errors
 from trajdistill.traces_cli import traces_app
 
@@ -19,33 +18,42 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.add_typer(traces_app, name="traces")
 
 Overrides = typer.Option(None, "--set", "-s", help="Override a config field: --set optim.lr=1e-5 (repeatable).")
+Plugins = typer.Option(None, "--plugin", "-p", help="Import a module first (package.module or a .py file) that "
+                       "registers methods, sampler backends or verifiers (repeatable; or a `plugins:` list in "
+                       "the config).")
 
 
-@app.command()
+def _train_help() -> str:
+    from trajdistill.methods import method_names
+
+    return (f"Train with any registered method ({', '.join(method_names())}, or one a --plugin registers); "
+            "the method's options are the config section named after it.")
+
+
+@app.command(help=_train_help())
 @user_errors
 def train(
     config: Path = typer.Argument(..., help="YAML preset (see configs/)."),
     overrides: Optional[list[str]] = Overrides,
     resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides output_dir)."),
+    plugins: Optional[list[str]] = Plugins,
 ):
-    """Train with any method (opd, opsd, trd, renio, topd, sft, redi, dpo, simpo)."""
-    from trajdistill.config import load_config
+    from trajdistill import api
 
-    sets = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
-    cfg = load_config(config, sets)  # every config error, before any heavy library loads
+    # every config error, before any heavy library loads
+    cfg = api.training_config(config, list(overrides or []), run_dir=output_dir, plugins=plugins)
     quiet_libraries()
     from trajdistill.train.distributed import finish_process, launched_processes
     from trajdistill.train.loop import RunStopped
-    from trajdistill.train.run import train_command
 
     try:
-        train_command(cfg, resume=resume)
+        api.train(cfg, resume=resume)
         if launched_processes() > 1:
             finish_process(0)
     except RunStopped as stopped:
-        again = ["trajdistill", "train", str(config), *(f"--set={s}" for s in overrides or []),
-                 "-o", cfg.output_dir, "--resume"]
+        again = ["trajdistill", "train", str(config), *(f"--plugin={p}" for p in plugins or []),
+                 *(f"--set={s}" for s in overrides or []), "-o", cfg.output_dir, "--resume"]
         typer.echo(f"{one_line(stopped)}; resume with: {shlex.join(again)}", err=True)
         raise typer.Exit(stopped.exit_code) from None
 
@@ -54,69 +62,42 @@ def train(
 @user_errors
 def eval_cmd(
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Builtin name, directory or hub id."),
-    data: str = typer.Option("builtin:arith-mix", "--data", "-d", help="Problem source (builtin:NAME or a file)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Problem source (builtin:NAME or a file); "
+                                       "default: the config's data (data.eval, else data.train: builtin:arith-mix)."),
     split: str = typer.Option("held-out", help="held-out | train | all (split by stable id hash)."),
-    limit: Optional[int] = typer.Option(64, help="At most this many problems (0: all)."),
-    k: list[int] = typer.Option([1, 4], "--k", help="Pass@k values (n = max k samples per problem)."),
-    temperature: float = typer.Option(0.6, help="Sampling temperature for the k samples (TRD and REDI papers: 0.6)."),
-    top_p: float = typer.Option(0.95, help="Top-p of the k samples (TRD and REDI papers: 0.95)."),
-    top_k: int = typer.Option(20, help="Top-k of the k samples, 0 for none (TRD and REDI papers: 20)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many problems (0: all); default: the config's "
+                                        "data.max_eval (64)."),
+    k: Optional[list[int]] = typer.Option(None, "--k", help="Pass@k values (n = max k samples per problem); "
+                                          "default: eval.k (1 and 4)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature of the k samples; default: "
+                                                "eval.temperature (0.6, as the TRD and REDI papers)."),
+    top_p: Optional[float] = typer.Option(None, help="Top-p of the k samples; default: eval.top_p (0.95)."),
+    top_k: Optional[int] = typer.Option(None, help="Top-k of the k samples, 0 for none; default: eval.top_k (20)."),
     grading: Optional[str] = typer.Option(None, help="Math grading: strict (last \\boxed{} only, the papers') "
                                           "or lenient; default: the config's eval.grading (strict)."),
-    greedy: bool = typer.Option(True, help="Also report greedy accuracy."),
-    max_new_tokens: int = typer.Option(256),
-    batch_size: int = typer.Option(32),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Take prompt/data/eval settings from a preset."),
+    greedy: Optional[bool] = typer.Option(None, "--greedy/--no-greedy", help="Also report greedy accuracy; "
+                                          "default: eval.greedy (yes)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Default: eval.max_new_tokens (256)."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences decoded together; default: "
+                                             "sampling.batch_size (32)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A preset whose eval, data (kind, fields, "
+                                          "split), prompt and sampling settings apply; the options above override it."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Output folder."),
     label: Optional[str] = typer.Option(None, help="Name of this evaluation in tables (default: the model)."),
     overrides: Optional[list[str]] = Overrides,
+    plugins: Optional[list[str]] = Plugins,
 ):
     """Sample k answers per problem, verify them, report Avg@k and Pass@k with standard errors."""
-    from pydantic import ValidationError
+    from trajdistill import api
 
-    from trajdistill.config import EvalSpec, format_validation_error, load_config
-    from trajdistill.data import load_problems, split_problems
-
-    if split not in ("held-out", "train", "all"):
-        raise UserError(f"--split must be held-out, train or all, got '{split}'")
-    if any(value < 1 for value in k):
-        raise UserError(f"--k values must be at least 1, got {k}")
-    if limit is not None and limit < 0:
-        raise UserError(f"--limit must be a count of problems (0 for all), got {limit}")
-    # The data is checked before torch and the model load, so a bad file fails in a second.
-    cfg = load_config(config, list(overrides or []))
-    problems = load_problems(data, fields=cfg.data.fields or None)
-    if split != "all":
-        train_part, held = split_problems(problems, held_out=cfg.data.held_out, seed=cfg.data.split_seed)
-        problems = held if split == "held-out" else train_part
-    problems = problems[:limit] if limit else problems
-    if not problems:
-        raise UserError(f"{data}: no problems in the {split} split")
-    if grading not in (None, "strict", "lenient"):
-        raise UserError(f"--grading must be strict or lenient, got '{grading}'")
-    try:
-        spec = EvalSpec(k=k, temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
-                        max_new_tokens=max_new_tokens)
-    except ValidationError as err:
-        raise UserError(format_validation_error(err, "eval options")) from None
-
-    quiet_libraries()
-    from trajdistill.eval.runner import evaluate, summary_markdown
-    from trajdistill.models import load_model, load_tokenizer
-    from trajdistill.rollout import sampler_for
-    from trajdistill.verify import Verifiers
-
-    tok = load_tokenizer(model)
-    lm = load_model(model)
-    sampler = sampler_for(cfg.sampling, lm, tok, batch_size=batch_size, progress=True,
-                          packed=cfg.model.packed_linear)
-    verifiers = Verifiers({"math": {"grading": grading or cfg.eval.grading}})
-    try:
-        summary = evaluate(sampler, tok, problems, spec, cfg.prompt, verifiers, out_dir=out,
-                           label=label or Path(model).name)
-    finally:
-        sampler.close()
-    typer.echo(summary_markdown([summary]))
+    # The arguments, the config and the data are checked before torch and the model load (a bad
+    # file fails in a second); `api.evaluate` loads them in that order.
+    result = api.evaluate(model, data, config=config, overrides=list(overrides or []), plugins=plugins,
+                          split=split, limit=limit, k=k or None, temperature=temperature, top_p=top_p,
+                          top_k=top_k, greedy=greedy, max_new_tokens=max_new_tokens, grading=grading,
+                          batch_size=batch_size, out_dir=out, label=label, progress=True,
+                          before_model_loads=quiet_libraries)
+    typer.echo(result.markdown)
 
 
 @app.command()
