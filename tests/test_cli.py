@@ -190,3 +190,92 @@ def test_eval_takes_config_overrides_and_names_a_bad_one(tmp_path):
     line = one_error_line(run("eval", "--data", "builtin:arith", "--model", str(tmp_path / "no-model"),
                               "--set", "eval.grading=lenient", "--set", "data.held_out=0.5", "--limit", "2"))
     assert "no-model" in line  # the overrides were accepted: it got as far as loading the model
+
+
+# --- plugins from the command line, and plain output in a pipe
+
+PLUGIN = '''
+from pydantic import Field
+
+from trajdistill.methods import register
+from trajdistill.methods.onpolicy import OnPolicyDistillation, OnPolicyOptions
+
+
+class ScaledOptions(OnPolicyOptions):
+    scale: float = Field(1.0, gt=0.0)
+
+
+class ScaledKL(OnPolicyDistillation):
+    Options = ScaledOptions
+    fixed_setting = "opsd"
+
+    def weights(self, seqs, batch, totals):
+        w, z = super().weights(seqs, batch, totals)
+        return w * self.opts.scale, z
+
+
+register("scaled-kl", ScaledKL)
+'''
+
+
+def test_a_plugin_method_trains_from_the_cli_and_the_table_is_not_folded_in_a_pipe(tmp_path, tiny_model_dir):
+    import os
+
+    (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    data = tmp_path / ("arithmetic-problems-with-a-name-long-enough-to-pass-eighty-columns-" + "x" * 40 + ".jsonl")
+    data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i),
+                                        "reference": f"{i} + {i} = {2 * i}"}) + "\n" for i in range(8)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"method: scaled-kl\nscaled-kl: {{scale: 0.5, diagnostics: false}}\n"
+                   f"model: {{name: {tiny_model_dir}}}\ndata: {{train: {data}, held_out: 2}}\n"
+                   "eval: {k: [1], greedy: false, max_new_tokens: 3}\nsampling: {n: 2, max_new_tokens: 4}\n"
+                   "lora: {r: 4, alpha: 8}\noptim: {steps: 1, problems_per_step: 2}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("COLUMNS", None)
+    without = subprocess.run([sys.executable, "-m", "trajdistill.cli", "train", str(cfg)], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert one_error_line(without).startswith(f"error: {cfg}: field 'method': unknown method 'scaled-kl'")
+    out = subprocess.run([sys.executable, "-m", "trajdistill.cli", "train", str(cfg), "--plugin", "my_plugin",
+                          "-o", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    # stderr is a pipe: the table's title line (longer than 80 columns) and its rows are whole lines
+    title = f"scaled-kl on {data} (2 held-out problems)"
+    assert any(line.startswith(title) for line in out.stderr.splitlines()), out.stderr
+    rows = [line for line in out.stderr.splitlines() if line.startswith("|")]
+    assert [row.split("|")[1].strip() for row in rows] == ["run", "---", "before", "after", "change (paired)"]
+    assert all(row.endswith("|") for row in rows)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert saved.startswith("plugins:\n- my_plugin\n")  # the run's config names the plugin it needs
+    assert "scale: 0.5" in saved
+
+
+def test_the_run_log_ends_with_the_error_that_stopped_the_run(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {{train: {tmp_path / 'missing.jsonl'}}}\noutput_dir: {tmp_path / 'run'}\n")
+    line = one_error_line(run("train", str(cfg)))
+    assert "missing.jsonl: no such file or directory" in line
+    log = (tmp_path / "run" / "run.log").read_text().splitlines()
+    assert "starting opsd" in log[0] and log[-1].endswith(line)
+
+
+def test_a_plugin_that_cannot_be_imported_is_named(tmp_path):
+    line = one_error_line(run("train", "configs/demo.yaml", "--plugin", "no_such_plugin_module"))
+    assert "field 'plugins': cannot import plugin 'no_such_plugin_module'" in line
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("plugins: [no_such_plugin_module]\n")
+    line = one_error_line(run("eval", "--config", str(cfg)))
+    assert f"{cfg}: field 'plugins': cannot import plugin 'no_such_plugin_module'" in line
+
+
+def test_only_process_0_of_a_multi_process_run_prints(tmp_path):
+    import os
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("optim:\n  lr: -1\n")
+    outs = {rank: subprocess.run([sys.executable, "-m", "trajdistill.cli", "train", str(cfg)], capture_output=True,
+                                 text=True, timeout=120, env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"})
+            for rank in (0, 1)}
+    assert "optim.lr" in one_error_line(outs[0])
+    assert outs[1].returncode == 2 and outs[1].stderr == "" and outs[1].stdout == ""

@@ -1,6 +1,6 @@
 """What a run tells the person watching it: `run.log` in the run directory, always, and plain
 progress lines on stderr when stderr is not a terminal (a log file, a pipe, a batch job), where a
-live progress bar would be noise.
+live progress bar would be noise. `run.log` ends with the error that stopped a run, if one did.
 """
 
 from __future__ import annotations
@@ -35,6 +35,30 @@ class RunLog:
         self.note(text)
         if self.plain:
             print(text, file=sys.stderr, flush=True)
+
+    def error(self, err: BaseException) -> None:
+        """The error that stopped the run, as the log's last line (the command prints it too)."""
+        from trajdistill import UserError
+
+        if isinstance(err, KeyboardInterrupt):
+            text = "interrupted"
+        elif isinstance(err, UserError):
+            text = f"error: {_one_line(err)}"
+        else:
+            text = f"error: {type(err).__name__}: {_one_line(err)}"
+        self.note(text)
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def stderr_console():
+    """A rich console on stderr that never folds a line when stderr is not a terminal (a log file or
+    a pipe): a folded table row is a broken table. On a terminal it follows the terminal's width."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def step_line(metrics: dict, total: int, shown: tuple[tuple[str, str], ...], seconds: float) -> str:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from trajdistill import UserError
 from trajdistill.config import DistributedSpec, RunConfig, save_config
@@ -26,13 +25,13 @@ from trajdistill.teacher import AdapterOffTeacher, FrozenCopyTeacher, SeparateTe
 from trajdistill.train import preflight
 from trajdistill.train.checkpoint import export_model
 from trajdistill.train.distributed import end_process_group
-from trajdistill.train.loop import Trainer
+from trajdistill.train.loop import RunStopped, Trainer
 from trajdistill.train.tracking import Trackers
-from trajdistill.train.progress import RunLog, eval_line
+from trajdistill.train.progress import RunLog, eval_line, stderr_console
 from trajdistill.train.resume import check_resume
 from trajdistill.verify import Verifiers
 
-console = Console(stderr=True)
+console = stderr_console()
 
 
 @dataclass
@@ -185,11 +184,24 @@ def start_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunLog:
 
 def train_command(cfg: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
                   stop_after: int | None = None) -> dict:
-    """Run a whole training job; returns the before/after evaluation summaries."""
+    """Run a whole training job; returns the before/after evaluation summaries. The run directory's
+    `run.log` ends with the error that stopped the run, if one did."""
     run_dir = Path(cfg.output_dir)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     log = start_run_dir(cfg, run_dir, resume)
+    try:
+        return _run(cfg, run_dir, log, started, resume=resume, model=model, tokenizer=tokenizer,
+                    stop_after=stop_after)
+    except RunStopped:
+        raise  # the loop wrote why to run.log
+    except BaseException as err:
+        log.error(err)
+        raise
+
+
+def _run(cfg: RunConfig, run_dir: Path, log: RunLog, started: float, *, resume: bool, model, tokenizer,
+         stop_after: int | None) -> dict:
     problems = load_run_problems(cfg)  # data errors before the model loads
     log.note(f"{len(problems.train)} training and {len(problems.eval)} held-out problems; loading {cfg.model.name}")
     ctx, method, accelerator = build(cfg, run_dir, model=model, tokenizer=tokenizer)
