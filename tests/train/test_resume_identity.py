@@ -29,6 +29,7 @@ def write_setup(root: Path, model_dir: str, method: str = "opsd", steps: int = 5
         sft.write_text("".join(json.dumps(r) + "\n" for r in SFT_ROWS))
         method_section = f"sft: {{dataset: {sft}}}"
     held_out = 2 if evaluate else 0
+    n = "" if method == "sft" else "n: 2, "  # sft samples nothing: sampling.n is refused there
     cfg = root / "cfg.yaml"
     cfg.write_text(f"""
 method: {method}
@@ -36,7 +37,7 @@ method: {method}
 model: {{name: {model_dir}}}
 lora: {{r: 4, alpha: 8}}
 data: {{train: {data}, held_out: {held_out}}}
-sampling: {{n: 2, max_new_tokens: 6, batch_size: 8}}
+sampling: {{{n}max_new_tokens: 6, batch_size: 8}}
 optim: {{steps: {steps}, problems_per_step: 3, micro_batch_size: 2, lr: 0.01}}
 eval: {{before: {str(evaluate).lower()}, after: false, k: [1], greedy: false, max_new_tokens: 4}}
 checkpoint: {{every: 1, keep_last: 10}}
