@@ -132,3 +132,26 @@ def test_trajdistill_train_stays_the_trainer_package_too():
 
     assert callable(trajdistill.train) and hasattr(trajdistill.train, "run")
     assert list(inspect.signature(trajdistill.train).parameters)[:2] == ["config", "overrides"]
+
+
+def test_a_plugins_list_in_the_config_is_imported_before_the_method_is_checked(tmp_path):
+    from trajdistill.api import resolve_config
+    from trajdistill.methods import method_names
+
+    plugin = tmp_path / "file_plugin.py"
+    plugin.write_text("from trajdistill.methods import register\n"
+                      "from trajdistill.methods.onpolicy import OPSD\n\n\n"
+                      "class FileOPSD(OPSD):\n    pass\n\n\n"
+                      "register('scaled-kl-file', FileOPSD)\n")
+    try:
+        cfg = resolve_config({"plugins": [str(plugin)], "method": "scaled-kl-file",
+                              "scaled-kl-file": {"drop_truncated": True}})
+        assert cfg.method == "scaled-kl-file" and cfg.options.drop_truncated and cfg.plugins == [str(plugin)]
+        assert cfg.tree()["plugins"] == [str(plugin)]
+    finally:
+        unregister("scaled-kl-file")
+    assert "scaled-kl-file" not in method_names()
+    with pytest.raises(UserError, match=r"field 'plugins': cannot import plugin '.*missing\.py': no such file"):
+        resolve_config({"plugins": [str(tmp_path / "missing.py")]})
+    with pytest.raises(UserError, match="field 'plugins': expected a list of module names"):
+        resolve_config({"plugins": "scaled_plugin"})
