@@ -9,7 +9,13 @@ With `topd`, TOPD's guidance runs too, with branch points on the first process's
 only: the other process has no branch to continue but must still take part in the teacher's
 generation and scoring.
 
-    python step_scores_fsdp.py OUT_DIR [renio|topd]
+With `filtered`, the whole of `collect` runs on canned rollouts, and the second process keeps none:
+TOPD's are all filtered out (as `drop_truncated` or an outcome filter may do on any step); ReNIO,
+which scores filtered rollouts too, gets no problem at all (fewer problems than processes). That
+process must still take part in every scoring pass, and the first process's units equal those of
+one process given only its rollouts.
+
+    python step_scores_fsdp.py OUT_DIR [renio|topd] [filtered]
 """
 
 import json
@@ -21,6 +27,7 @@ import torch
 
 from trajdistill.config import load_config
 from trajdistill.models import load_tokenizer, tiny_model
+from trajdistill.records import Problem, Rollout, Verdict
 from trajdistill.train.batch import TrainSequence
 from trajdistill.train.distributed import finish_process
 from trajdistill.train.loop import Trainer
@@ -37,7 +44,29 @@ def sequences() -> list[TrainSequence]:
     return out
 
 
-def main(out: str, method_name: str = "renio") -> None:
+def canned_rollouts(method, problems: list[Problem], seqs: list[TrainSequence]) -> list[Rollout]:
+    """One finished rollout per problem, the sequences' responses under the method's student prompt."""
+    return [Rollout(problem_id=p.id, prompt_ids=method.student_prompt(p), response_ids=s.response, text="",
+                    logprobs=None, finished=True, verdict=Verdict(passed=False, status="failed"))
+            for p, s in zip(problems, seqs)]
+
+
+def collect_filtered(method, rank: int, world: int, none: bool) -> dict:
+    """`collect` with the second process's rollouts all filtered out, or (`none`) with no problem
+    on the second process at all (one process: only the first's)."""
+    seqs = sequences()
+    problems = [Problem(id=f"p{i}", prompt=f"What is {i} + {i}?", answer=str(2 * i), reference=f"{i} + {i} = {2 * i}")
+                for i in range(4)]
+    mine = slice(0, 3) if rank == 0 else slice(3, 3 if none else 4)
+    method.rollouts = lambda items, step: canned_rollouts(method, items, seqs[mine])
+    method.keep = lambda rollout: rank == 0
+    result = method.collect(problems[mine], 0)
+    return {"units": [[u.response, u.teacher_hidden.sum().item(),
+                       None if u.token_weights is None else u.token_weights.tolist(), u.score]
+                      for u in result.units]}
+
+
+def main(out: str, method_name: str = "renio", mode: str = "scores") -> None:
     torch.set_num_threads(1)
     tok = load_tokenizer("smollm2-135m-instruct")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -47,6 +76,12 @@ def main(out: str, method_name: str = "renio") -> None:
                              f"output_dir={run_dir}", "optim.steps=1", "distributed.strategy=fsdp"])
     ctx, method, accelerator = build(cfg, Path(out), model=tiny_model(tok, seed=0), tokenizer=tok)
     trainer = Trainer(cfg, run_dir, method, ctx, list(range(4)), accelerator=accelerator)
+    if mode == "filtered":
+        Path(out).mkdir(parents=True, exist_ok=True)
+        Path(out, f"rank{trainer.rank}.json").write_text(json.dumps(collect_filtered(method, trainer.rank, world, none=method_name == "renio")))
+        if accelerator:
+            finish_process(0)
+        return
     seqs = sequences()
     mine = {0: seqs[:3], 1: seqs[3:]}[trainer.rank] if world > 1 else seqs
     logprobs = method.student_token_logprobs(mine, 1.0)

@@ -112,3 +112,29 @@ def test_step_scoring_in_collect_stays_in_step_on_uneven_fsdp_processes(tmp_path
         for a, b in zip(one[key], two):
             torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
                                        atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,port", [("renio", 29543), ("topd", 29544)])
+def test_a_process_left_without_rollouts_still_scores_with_the_others(tmp_path, method, port):
+    """`drop_truncated` and the outcome filter may leave a process with no rollout on any step
+    (TOPD), a step may give a process no problem (ReNIO); both returned from `collect` early there
+    while the other process ran sharded scoring passes (FSDP hung). Now every process takes part;
+    the first process's units equal one process's."""
+    import json
+
+    script = os.path.join(os.path.dirname(__file__), "step_scores_fsdp.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), method, "filtered"], check=True, env=_env(),
+                   timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                    script, str(tmp_path / "two"), method, "filtered"], check=True, env=_env(), timeout=300)
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())["units"]
+    first, second = (json.loads((tmp_path / "two" / f"rank{r}.json").read_text())["units"] for r in (0, 1))
+    assert len(one) == (6 if method == "topd" else 3)  # TOPD: a guidance branch per rollout too
+    assert second == [] and len(first) == len(one)
+    for a, b in zip(one, first):
+        assert a[0] == b[0]
+        assert abs(a[1] - b[1]) <= 1e-4 * max(1.0, abs(a[1]))
+        assert a[2] == b[2]  # TOPD's filter weights (None for ReNIO)
+        if a[3] is not None:
+            assert abs(a[3] - b[3]) <= 1e-4 * max(1.0, abs(a[3]))  # ReNIO's score

@@ -95,9 +95,8 @@ class ReNIO(StepScoredDistillation):
         return {"renio/weight_max": (float(w.max()), 1.0), "renio/weight_min": (float(w.min()), 1.0)}
 
     def score(self, seqs: list[TrainSequence], rollouts) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(s [B], has_pivotal [B])`; stores both log-prob rows on each sequence for the loss."""
-        if not seqs:
-            return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+        """`(s [B], has_pivotal [B])`; stores both log-prob rows on each sequence for the loss.
+        Every process runs it, rollouts or none: its scoring passes are collective under FSDP."""
         temperature = self.cfg.sampling.temperature
         teacher = self.teacher_token_logprobs(seqs, temperature)
         missing = [i for i, r in enumerate(rollouts) if r.logprobs is None or len(r.logprobs) != len(r.response_ids)]

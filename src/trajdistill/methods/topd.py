@@ -69,8 +69,10 @@ class TOPD(StepScoredDistillation):
     def collect(self, problems: list[Problem], step: int) -> StepResult:
         result = super().collect(problems, step)
         spec, seqs = self.opts, result.units
-        if not seqs or not (spec.filter or spec.guidance):
+        if not (spec.filter or spec.guidance):
             return result
+        # Every process scores and guides, rollouts or none (a filter may have dropped all of this
+        # process's): under FSDP the scoring passes and the teacher's generation are collective.
         points, metrics = self.weigh_tokens(seqs)
         result.metrics.update(metrics)
         if spec.guidance:
