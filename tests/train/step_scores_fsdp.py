@@ -15,7 +15,10 @@ which scores filtered rollouts too, gets no problem at all (fewer problems than 
 process must still take part in every scoring pass, and the first process's units equal those of
 one process given only its rollouts.
 
-    python step_scores_fsdp.py OUT_DIR [renio|topd] [filtered]
+With `opd:TEACHER_DIR` as the mode, ReNIO runs in the OPD setting with that separate teacher model,
+which FSDP shards like the student (its scores must equal the unsharded teacher's).
+
+    python step_scores_fsdp.py OUT_DIR [renio|topd] [scores|filtered|opd:TEACHER_DIR]
 """
 
 import json
@@ -72,6 +75,8 @@ def main(out: str, method_name: str = "renio", mode: str = "scores") -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     run_dir = Path(out) / "run"
     options = ["topd.guidance=true", "topd.horizon=3"] if method_name == "topd" else []
+    if mode.startswith("opd:"):
+        options += [f"{method_name}.setting=opd", f"teacher.name={mode.removeprefix('opd:')}"]
     cfg = load_config(None, [f"method={method_name}", *options, "lora.r=4", "lora.alpha=8", "optim.micro_batch_size=1",
                              f"output_dir={run_dir}", "optim.steps=1", "distributed.strategy=fsdp"])
     ctx, method, accelerator = build(cfg, Path(out), model=tiny_model(tok, seed=0), tokenizer=tok)
@@ -90,8 +95,11 @@ def main(out: str, method_name: str = "renio", mode: str = "scores") -> None:
     if method_name == "topd":  # a branch at token 1 of sequence 0 (the first process's) only
         points = [[1] if s is seqs[0] else [] for s in mine]
         branches = method.guidance_sequences(mine, points, 0)
+    from torch.distributed.tensor import DTensor
+
     Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, f"rank{trainer.rank}.json").write_text(json.dumps({
+        "teacher_sharded": any(isinstance(p, DTensor) for p in ctx.teacher.model.parameters()),
         "logprobs": [t.tolist() for t in logprobs], "divergences": [t.tolist() for t in divergences],
         "teacher": [s.teacher_hidden.sum().item() for s in mine],
         "branches": [[b.response, b.teacher_hidden.sum().item()] for b in branches]}))

@@ -87,20 +87,25 @@ def test_uneven_processes_stay_in_step_and_give_the_single_process_update(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,port", [("renio", 29541), ("topd", 29542)])
-def test_step_scoring_in_collect_stays_in_step_on_uneven_fsdp_processes(tmp_path, method, port, tokenizer):
+@pytest.mark.parametrize("method,port", [("renio", 29541), ("topd", 29542), ("renio-opd", 29545)])
+def test_step_scoring_in_collect_stays_in_step_on_uneven_fsdp_processes(tmp_path, method, port, tokenizer,
+                                                                       tiny_teacher_dir):
     """ReNIO/TOPD score the step in `collect` (teacher states, student log-probs, per-token
     divergences) one chunk at a time; with 3 sequences on one process and 1 on the other the
     processes ran 3 and 1 sharded forwards and hung. TOPD's guidance: one process has a branch to
-    continue, the other none (it returned early and hung the other). Results equal one process's."""
+    continue, the other none (it returned early and hung the other). `renio-opd`: a separate OPD
+    teacher, sharded by FSDP like the student. Results equal one process's."""
     import json
 
     script = os.path.join(os.path.dirname(__file__), "step_scores_fsdp.py")
-    subprocess.run([sys.executable, script, str(tmp_path / "one"), method], check=True, env=_env(), timeout=300)
+    args = ["renio", f"opd:{tiny_teacher_dir}"] if method == "renio-opd" else [method]
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), *args], check=True, env=_env(), timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                    script, str(tmp_path / "two"), method], check=True, env=_env(), timeout=300)
+                    script, str(tmp_path / "two"), *args], check=True, env=_env(), timeout=300)
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     parts = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # sharded on both processes: the OPSD teacher is the student itself, the OPD teacher its own model
+    assert not one["teacher_sharded"] and all(p["teacher_sharded"] for p in parts)
     branches = parts[0]["branches"] + parts[1]["branches"]
     assert len(one["branches"]) == (1 if method == "topd" else 0) and len(branches) == len(one["branches"])
     for (tokens_one, hidden_one), (tokens_two, hidden_two) in zip(one["branches"], branches):

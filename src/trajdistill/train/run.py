@@ -119,6 +119,23 @@ def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
     return FrozenCopyTeacher(student, **options)
 
 
+def shard_frozen_teacher(teacher, accelerator) -> None:
+    """Under FSDP a teacher with weights of its own (OPD's model, or OPSD's frozen copy under full
+    fine-tuning) is sharded like the student, one unit per decoder layer (accelerate's FSDP2
+    preparation): a large teacher replicated on every GPU would not fit beside the student. Its
+    forwards then gather layers collectively, which the lockstep micro-batches already keep in
+    step. The adapter-off teacher is the student itself, sharded already."""
+    from accelerate.utils import DistributedType
+
+    if accelerator is None or accelerator.distributed_type != DistributedType.FSDP:
+        return
+    if not isinstance(teacher, SeparateTeacher):
+        return
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    teacher.model = fsdp2_prepare_model(accelerator, teacher.model)
+
+
 def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
     """Everything the method's class declares it needs. `model`/`tokenizer` may be injected
     (tests use tiny models)."""
@@ -145,6 +162,7 @@ def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
     # One long-lived sampler per run: the method's rollouts and every evaluation.
     ctx.sampler = sampler_for(cfg.sampling, model, tokenizer, packed=cfg.model.packed_linear)
     ctx.teacher = build_teacher(cfg, cls.teacher_kind(cfg.options), model, tokenizer, device)
+    shard_frozen_teacher(ctx.teacher, accelerator)
     if ctx.teacher is not None:  # built on first use: most methods never sample from the teacher
         teacher = ctx.teacher
         ctx.teacher_sampler = LazySampler(lambda: sampler_for(cfg.sampling, teacher.model, tokenizer,
