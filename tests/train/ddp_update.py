@@ -5,7 +5,7 @@ Launched by tests/train/test_multiprocess_identity.py as one process and under
 also checkpoints after the first step, exports `final/` after the second, then resumes from the
 checkpoint and repeats the second step: the resumed weights are saved as `resumed.*`.
 
-    python ddp_update.py OUT.safetensors AGGREGATION [STRATEGY] [lora|full] [ROWS]
+    python ddp_update.py OUT.safetensors AGGREGATION [STRATEGY] [lora|full|full-untied] [ROWS]
 
 ROWS (default 8) sequences make the global batch: 5 gives the two processes 3 and 2 sequences, i.e.
 2 micro-batches against 1. ROWS may also list the sequences (`0,1`: sequence 0, whose response is one
@@ -48,7 +48,8 @@ def main(out: str, aggregation: str, strategy: str = "ddp", weights: str = "lora
                              "optim.schedule=constant", f"loss.aggregation={aggregation}", "loss.chunk_size=5",
                              f"output_dir={run_dir}", "optim.steps=2", f"distributed.strategy={strategy}",
                              f"lora.enabled={weights == 'lora'}"])
-    ctx, method, accelerator = build(cfg, Path(out).parent, model=tiny_model(tok, seed=0), tokenizer=tok)
+    student = tiny_model(tok, seed=0, tie_word_embeddings=weights != "full-untied")
+    ctx, method, accelerator = build(cfg, Path(out).parent, model=student, tokenizer=tok)
     batches = {s: fixed_sequences(s) for s in range(2)}
     method.collect = lambda items, step: StepResult([batches[step][i] for i in items])
     trainer = Trainer(cfg, run_dir, method, ctx, list(range(8)), accelerator=accelerator)

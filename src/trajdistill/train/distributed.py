@@ -55,3 +55,33 @@ def finish_process(code: int = 0) -> NoReturn:
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+def shard_untied_head_with_embedding(model, cpu_offload: bool = False) -> bool:
+    """Under FSDP2, put a trained LM head that is not tied to the embedding into one unit with the
+    embedding and the final norm, kept gathered from forward to backward (as accelerate already
+    does for a tied head). Call before accelerate prepares the model; returns whether it did.
+
+    The loss reads the head weight outside the head's own forward (chunk by chunk, no [T, V]
+    logits). accelerate's unit for an untied head (final norm + head) runs its post-backward, which
+    reduce-scatters the gradient and frees the gathered weight, as soon as the gradient reaches the
+    final norm's input, which can come before the loss's gradient into the head weight: that
+    gradient then landed in freed memory (a segmentation fault in backward, full fine-tuning of an
+    untied model such as Qwen3-8B). A unit that holds the embedding, whose input (token ids) needs
+    no gradient, runs its post-backward at the end of backward instead. Cost: the embedding stays
+    gathered between forward and backward, like the head (V x H, 1.2 GB in bf16 at Qwen3-8B size).
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    from trajdistill.models.backbone import base_causal_lm
+
+    base = base_causal_lm(model)
+    embed, head = base.get_input_embeddings(), base.get_output_embeddings()
+    if head is None or embed is None or head.weight is embed.weight or not head.weight.requires_grad:
+        return False
+    decoder = base.get_decoder()
+    norm = getattr(decoder, "norm", None)
+    group = [m for m in (embed, norm, head) if m is not None]
+    fully_shard(group, reshard_after_forward=False, mp_policy=MixedPrecisionPolicy(),
+                offload_policy=CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
+    return True

@@ -36,6 +36,7 @@ from trajdistill.config import RunConfig, save_config
 from trajdistill.models.precision import autocast_context
 from trajdistill.files import append_jsonl, atomic_write_jsonl, iter_jsonl_numbered, repair_jsonl_tail
 from trajdistill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trajdistill.train.distributed import shard_untied_head_with_embedding
 from trajdistill.train.lockstep import (DataOrder, all_reduce_sums, lockstep_micro_batches, merge_metric_sums,
                                         seed_everything, zero_loss)
 from trajdistill.train.optim import build_optimizer, trainable_parameters
@@ -128,6 +129,8 @@ class Trainer:
         self.world = accelerator.num_processes if accelerator else 1
         self.device = next(model.parameters()).device
         self.total_steps = self._total_steps()
+        if accelerator is not None and cfg.distributed.strategy == "fsdp":
+            shard_untied_head_with_embedding(model, cfg.distributed.cpu_offload)
         self.optimizer, self.scheduler = build_optimizer(model, cfg.optim, self.total_steps)
         if accelerator is not None:
             self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
