@@ -48,6 +48,19 @@ def is_sharded(model) -> bool:
     return isinstance(getattr(model, "module", model), FSDPModule)
 
 
+def resharded(model) -> None:
+    """Put every FSDP2 unit of `model` back to its sharded parameters. A unit that keeps its
+    gathered weights after forward (the root, the LM head's) stays gathered after a forward with
+    no backward (generation, scoring, a step whose rollouts were all filtered out), and its
+    modules then list the gathered tensors instead of the sharded parameters the optimizer holds,
+    so torch's state-dict functions cannot match them."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in getattr(model, "module", model).modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def _is_main() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
@@ -105,6 +118,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict,
                     keep_last: int = 2) -> Path | None:
     """Every process calls it (FSDP gathers); process 0 writes and returns the folder."""
+    if is_sharded(model):
+        resharded(model)
     weights, optim = trainable_state(model), optimizer_state(model, optimizer)
     if not _is_main():
         return None
@@ -198,6 +213,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Every process reads the files and keeps its own shard of them."""
     weights = load_file(str(path / "trainable.safetensors"))
     target = getattr(model, "module", model)
+    if is_sharded(model):
+        resharded(model)
     missing = set(weights) - {n for n, _ in target.named_parameters()}
     if missing:
         raise ValueError(f"checkpoint {path} has weights the model lacks: {sorted(missing)[:3]}")
