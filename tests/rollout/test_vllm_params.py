@@ -102,3 +102,73 @@ def test_adapter_switches_follow_disabling_and_merging(tiny_lm):
     assert adapter_switches(model) != on  # merged: the base weights carry the update now
     model.unmerge_adapter()
     assert adapter_switches(model) == on
+
+
+class RecordingEngine:
+    """Stands in for `vllm.LLM`: records the calls the sampler makes, answers one token per prompt."""
+
+    def __init__(self, eos: int):
+        self.calls: list[tuple] = []
+        self.eos = eos
+
+    def wake_up(self, tags=None):
+        self.calls.append(("wake_up", tuple(tags) if tags else None))
+
+    def sleep(self, level=1):
+        self.calls.append(("sleep", level))
+
+    def collective_rpc(self, name, kwargs):
+        pushed = [n for n, _ in kwargs["weights_iterator"]]  # the stream is consumed inside the engine
+        self.calls.append((name, len(pushed)))
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+    def generate(self, prompts, params, use_tqdm=False):
+        self.calls.append(("generate", len(prompts)))
+        done = SimpleNamespace(index=0, token_ids=[self.eos], finish_reason="stop", stop_reason=None,
+                               logprobs=[{self.eos: SimpleNamespace(logprob=-0.5)}])
+        return [SimpleNamespace(outputs=[done]) for _ in prompts]
+
+
+def sampler_over(engine, model, tokenizer, **options):
+    from trajdistill.rollout.vllm import VLLMOptions, VLLMSampler
+
+    sampler = object.__new__(VLLMSampler)  # the engine is the recording one; the logic is the sampler's
+    sampler.options, sampler.tokenizer, sampler.model, sampler.progress = VLLMOptions(**options), tokenizer, model, False
+    sampler.engine, sampler._vllm = engine, SimpleNamespace(SamplingParams=lambda **kw: kw)
+    sampler.sync_seconds, sampler._asleep = [], set()
+    sampler._synced = (0, adapter_switches(model))
+    return sampler
+
+
+def test_sleep_mode_drops_weights_after_sampling_and_the_next_sync_pushes_them_before_the_kv_cache(tiny_lm,
+                                                                                                tokenizer):
+    model = lora_model(tiny_lm)
+    engine = RecordingEngine(tokenizer.eos_token_id)
+    sampler = sampler_over(engine, model, tokenizer, sleep_mode=True)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=4)
+    sampler.sample([[1, 2, 3]], greedy)
+    assert engine.calls == [("generate", 1), ("sleep", 2)]
+    engine.calls.clear()
+    sampler.sync(model, version=0)  # the same version, but the engine dropped its weights asleep
+    sampler.sample([[1, 2, 3]], greedy)
+    streamed = len(merged_state_dict(model))
+    assert engine.calls == [("wake_up", ("weights",)), ("reload_weights", streamed), ("reset_prefix_cache",),
+                            ("wake_up", ("kv_cache",)), ("generate", 1), ("sleep", 2)]
+    engine.calls.clear()
+    sampler.sample([[1, 2, 3]], greedy)  # asleep and never synced since: the weights come back first
+    assert engine.calls == [("wake_up", ("weights",)), ("reload_weights", streamed), ("reset_prefix_cache",),
+                            ("wake_up", ("kv_cache",)), ("generate", 1), ("sleep", 2)]
+
+
+def test_without_sleep_mode_a_version_already_pushed_is_not_pushed_again(tiny_lm, tokenizer):
+    model = lora_model(tiny_lm)
+    engine = RecordingEngine(tokenizer.eos_token_id)
+    sampler = sampler_over(engine, model, tokenizer)
+    sampler.sync(model, version=0)
+    sampler.sync(model, version=1)
+    sampler.sync(model, version=1)
+    sampler.sync(model)  # no version: always pushed
+    assert [c[0] for c in engine.calls].count("reload_weights") == 2
+    assert all(c[0] not in ("sleep", "wake_up") for c in engine.calls)

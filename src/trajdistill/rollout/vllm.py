@@ -180,7 +180,7 @@ class VLLMSampler:
         self.sync_seconds: list[float] = []
         """Wall time of each sync that pushed weights (skipped ones are not listed)."""
         self._synced: tuple | None = None  # (weights version, adapter switches) of the engine's copy
-        self._asleep = False
+        self._asleep: set[str] = set()  # what sleep mode released: "weights", "kv_cache"
 
         base = base_causal_lm(model)
         on_cpu = _on_cpu()
@@ -253,8 +253,9 @@ class VLLMSampler:
         self.sync_seconds.append(time.perf_counter() - started)
 
     def _push(self, model, version: int | None = None) -> None:
-        if self._asleep:
+        if "weights" in self._asleep:
             self.engine.wake_up(tags=["weights"])  # the KV cache comes back only for sampling
+            self._asleep.discard("weights")
         if self.options.multiprocess:
             # tensors cannot cross into the engine process cheaply; a file in RAM can
             _save_weights(iter_merged_weights(model), self._dir / "model.safetensors")
@@ -277,13 +278,15 @@ class VLLMSampler:
             else:
                 seed = None if params.seed is None else params.seed + i * params.n
             requests.append({**kwargs, "seed": seed})
+        if "weights" in self._asleep:  # sampling without a sync since the engine slept
+            self._push(self.model)
         if self._asleep:
-            self.engine.wake_up()
-            self._asleep = False
+            self.engine.wake_up(tags=sorted(self._asleep))
+            self._asleep.clear()
         outputs = self._generate([list(p) for p in prompts], requests)
         if self.options.sleep_mode:
             self.engine.sleep(level=2)  # weights dropped: the next sync pushes them again
-            self._asleep, self._synced = True, None
+            self._asleep, self._synced = {"weights", "kv_cache"}, None
         rollouts = rollouts_from_vllm(outputs, prompts, ids, self.tokenizer, with_logprobs=exact)
         if not exact and self.options.rescore_logprobs:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
