@@ -170,8 +170,10 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         started = time.perf_counter()
         seed_everything(self.cfg.seed * 1_000_003 + step * 1009 + self.rank)
+        synced = 0.0
         if self.method.needs_sampler:
             self.ctx.sampler.sync(self.model, self.ctx.weights_version)
+            synced = time.perf_counter() - started
         result = self.method.collect(self.step_items(step), step)
         collected = time.perf_counter()
         verdicts = self.method.step_verdicts(result)
@@ -180,7 +182,7 @@ class Trainer:
             self.verifier_error = f"{errored[-1].status}: {errored[-1].detail}".strip(": ")
         checked = all_reduce_sums({"errors": float(len(errored)), "verified": float(len(verdicts))}, self.device)
         totals = all_reduce_sums(self.method.counts(result.units), self.device)
-        metric_parts = [result.metrics]
+        metric_parts = [result.metrics, {"sync_s": (synced, 1.0)}]  # mean over processes
         if totals.get("tokens", 1.0) <= 0:  # nothing trainable on any process (all filtered out)
             return self._skipped_step(step, started, collected, totals, metric_parts, checked)
         self.model.train()
