@@ -229,3 +229,26 @@ def test_a_bf16_head_is_upcast_one_vocabulary_slice_at_a_time(monkeypatch, train
     for got, want in zip(grads, ref_grads):
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-4)  # bf16 rounding of the result
+
+
+def test_token_logprobs_upcast_a_bf16_head_one_vocabulary_slice_at_a_time(monkeypatch):
+    """The sampled-token loss, rescoring and ReNIO's ratios read log-probs through `token_logprobs`:
+    a bf16 head is not copied to fp32 whole there either, and the values are fp32 arithmetic on the
+    bf16 values (an fp64 reference)."""
+    import trajdistill.losses.chunked as chunked
+    from trajdistill.losses import token_logprobs
+
+    vocab, width, rows = 1024, 64, 24
+    monkeypatch.setattr(chunked, "UPCAST_ELEMENTS", 64 * 100)
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(rows, width, generator=gen).bfloat16()
+    weight = (torch.randn(vocab, width, generator=gen) * 0.3).bfloat16()
+    targets = torch.randint(0, vocab, (rows,), generator=gen)
+    with _LargestFloat32() as seen:
+        got = token_logprobs(hidden, weight, targets, temperature=0.7, chunk_size=8)
+    assert seen.largest == 8 * vocab  # chunk x V logits, never the V x H head
+    with torch.no_grad():  # fp64 on the same bf16 values
+        logits = hidden.double() @ weight.double().T / 0.7
+        want = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from trajdistill.losses.chunked import head_logits
+
 
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
-    logits = (hidden.float() @ weight.float().T) / temperature
+    # fp32 logits; a lower-precision head is upcast one vocabulary slice at a time, never whole
+    logits = head_logits(hidden.float(), weight, None, torch.float32) / temperature
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
