@@ -45,20 +45,9 @@ class ModelSpec(Section):
     """Compute precision of every forward pass of the run, the student's and the teacher's alike
     (`torch.autocast`); `none` computes in the weights' `dtype`. Set it on `model:` only: it also
     governs a separate `teacher:`."""
-    packed_linear: Literal["auto", "off"] = "auto"
-    """auto: passes without gradient (sampling with the native/HF backends, teacher scoring) multiply
-    float32 CPU weights through oneDNN's packed linear (`trajdistill.models.packed`; faster than
-    MKL's sgemm for the few rows of a decoding step; a LoRA layer as one product with its merged
-    weight), at the cost of one more copy of the weights in memory (two with LoRA); other devices
-    and dtypes are unaffected. off: `F.linear` everywhere."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass (non-reentrant
     `torch.utils.checkpoint`): activation memory of one layer instead of all, for ~1/3 more compute."""
-
-    @field_validator("packed_linear", mode="before")
-    @classmethod
-    def _yaml_off(cls, value):
-        return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class LoraSpec(Section):
@@ -183,21 +172,6 @@ class LossSpec(Section):
     aggregation: Literal["token", "sequence"] = "token"
     """token: mean over every response token of the optimisation batch; sequence: per-rollout mean."""
     chunk_size: int = Field(512, ge=1)
-    share_prefix: Literal["auto", "on", "off"] = "auto"
-    """Encode each distinct prompt of a micro-batch once and run its responses on its KV cache
-    (student forward/backward and teacher scoring). auto: when some prompt repeats and a probe on
-    first use shows the model supports it; on: always; off: every row whole (bit-identical to
-    earlier versions). Equal to off up to float rounding; with LoRA dropout > 0, the n responses
-    of a prompt share one dropout mask on the prompt."""
-
-    bucketing: Literal["auto", "off"] = "auto"
-    """Run a micro-batch's forward (student forward/backward, teacher scoring) in groups of rows of
-    similar length, so that padding positions are not computed; groups minimise padded positions
-    + `bucket_cost` per extra forward. auto: in single-process runs; off: one padded forward."""
-    bucket_cost: int = Field(64, ge=0)
-    """What one more forward is worth, in positions. On a CPU core with SmolLM2-135M, 16 and 64 gave
-    the same update time and 256 a slightly slower one (`benchmarks/bucketing.py`); raise it where
-    small forwards underuse the device (GPUs: likely hundreds to thousands; not measured)."""
 
     @model_validator(mode="after")
     def _refuse_what_the_divergence_ignores(self):
@@ -212,12 +186,39 @@ class LossSpec(Section):
             raise ValueError("field 'tail_bucket': applies only with loss.top_k (the mass outside the top-k ids)")
         return self
 
+
+class SpeedSpec(Section):
+    """The speed switches (`speed:`): how the forwards run, not what they compute (each gives what
+    its `off` gives, up to float rounding). Measured in `benchmarks/README.md`; settings for a GPU
+    in `docs/scale.md`."""
+
+    share_prefix: Literal["auto", "on", "off"] = "auto"
+    """Encode each distinct prompt of a micro-batch once and run its responses on its KV cache
+    (student forward/backward and teacher scoring). auto: when some prompt repeats and a probe on
+    first use shows the model supports it; on: always; off: every row whole (bit-identical to
+    earlier versions). Equal to off up to float rounding; with LoRA dropout > 0, the n responses
+    of a prompt share one dropout mask on the prompt."""
+    bucketing: Literal["auto", "off"] = "auto"
+    """Run a micro-batch's forward (student forward/backward, teacher scoring) in groups of rows of
+    similar length, so that padding positions are not computed; groups minimise padded positions
+    + `bucket_cost` per extra forward. auto: in single-process runs; off: one padded forward."""
+    bucket_cost: int = Field(64, ge=0)
+    """What one more forward is worth, in positions. On a CPU core with SmolLM2-135M, 16 and 64 gave
+    the same update time and 256 a slightly slower one (`benchmarks/bucketing.py`); raise it where
+    small forwards underuse the device (GPUs: likely hundreds to thousands; not measured)."""
+    packed_linear: Literal["auto", "off"] = "auto"
+    """auto: passes without gradient (sampling with the native/HF backends, teacher scoring) multiply
+    float32 CPU weights through oneDNN's packed linear (`trajdistill.models.packed`; faster than
+    MKL's sgemm for the few rows of a decoding step; a LoRA layer as one product with its merged
+    weight), at the cost of one more copy of the weights in memory (two with LoRA); other devices
+    and dtypes are unaffected. off: `F.linear` everywhere."""
+
     @field_validator("share_prefix", mode="before")
     @classmethod
     def _yaml_on_off(cls, value):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value  # YAML 1.1: on/off
 
-    @field_validator("bucketing", mode="before")
+    @field_validator("bucketing", "packed_linear", mode="before")
     @classmethod
     def _yaml_off(cls, value):
         return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
@@ -253,6 +254,10 @@ class EvalSpec(Section):
     evaluation and to training labels (verdicts of rollouts)."""
     greedy: bool = True
     """Also report greedy accuracy (one deterministic sample per problem)."""
+    also_lenient: bool = False
+    """Also report greedy and Avg@n accuracy under lenient math grading (`greedy_lenient`,
+    `avg@n_lenient`), from the same samples re-graded: no extra sampling, the other columns as they
+    are. Shows how much of the strict score's gap is format (an unboxed right answer)."""
     max_new_tokens: int = Field(256, ge=1)
     every: int = Field(0, ge=0)
     """Held-out evaluation every N steps during training (0: only before and after)."""

@@ -67,11 +67,15 @@ def evaluate(
 
     def record(rollouts: list[Rollout], mode: str) -> None:
         by_id = {p.id: p for p in mine}
-        for r, verdict in zip(rollouts, check_all(verify, [by_id[r.problem_id] for r in rollouts],
-                                                  [r.text for r in rollouts])):
+        solved = [by_id[r.problem_id] for r in rollouts]
+        verdicts = check_all(verify, solved, [r.text for r in rollouts])
+        loose = lenient_passes(solved, [r.text for r in rollouts], verdicts) if spec.also_lenient else None
+        for j, (r, verdict) in enumerate(zip(rollouts, verdicts)):
             rows.append({"mode": mode, "problem_id": r.problem_id, "sample": r.sample_index,
                          "response": r.text, "passed": verdict.passed, "status": verdict.status,
                          "tokens": len(r.response_ids), "finished": r.finished})
+            if loose is not None:
+                rows[-1]["passed_lenient"] = loose[j]
 
     if spec.greedy and mine:
         record(sampler.sample([prompts[p.id] for p in mine],
@@ -94,6 +98,18 @@ def evaluate(
         atomic_write_json(out_dir / f"{label}.json", summary)
         atomic_write_text(out_dir / f"{label}.md", summary_markdown([summary]))
     return summary
+
+
+def lenient_passes(problems: list[Problem], responses: list[str], verdicts: list[Verdict]) -> list[bool]:
+    """`eval.also_lenient`: math responses re-graded leniently (the answer anywhere: the box, an
+    answer phrase or the last number); other kinds keep their verdict, they have no lenient mode."""
+    math_rows = [i for i, p in enumerate(problems) if p.kind == "math"]
+    passes = [v.passed for v in verdicts]
+    regraded = Verifiers({"math": {"grading": "lenient"}}).check_many(
+        [problems[i] for i in math_rows], [responses[i] for i in math_rows])
+    for i, verdict in zip(math_rows, regraded):
+        passes[i] = verdict.passed
+    return passes
 
 
 def runs_se(sampled_rows: list[dict], n: int) -> float:
@@ -138,13 +154,30 @@ def summarise(rows: list[dict], ids: list[str], spec: EvalSpec, label: str) -> d
     summary["truncated"] = sum(not r["finished"] for r in sampled) / max(1, len(sampled))
     # A verifier that failed is not a wrong answer: counted here, flagged in the table.
     summary["verifier_errors"] = sum(1 for r in rows if r["status"] in ("verifier_error", "verifier_timeout"))
+    if any("passed_lenient" in r for r in rows):  # eval.also_lenient: the same samples, re-graded
+        if spec.greedy:
+            summary["greedy_lenient"] = _stat([float(r["passed_lenient"]) for r in greedy])
+            for r in greedy:
+                per_problem[r["problem_id"]]["greedy_lenient"] = int(r["passed_lenient"])
+        loose = {i: 0 for i in ids}
+        for r in sampled:
+            loose[r["problem_id"]] += int(r["passed_lenient"])
+        for i, c in loose.items():
+            per_problem[i]["correct_lenient"] = c
+        summary[f"avg@{n}_lenient"] = _stat([c / n for c in loose.values()])
     summary["per_problem"] = per_problem  # for paired before/after differences
     return summary
 
 
 def metric_columns(summary: dict) -> list[str]:
     cols = ["greedy"] if "greedy" in summary else []
-    return cols + [f"avg@{summary['n']}"] + [f"pass@{k}" for k in summary["k"]]
+    cols += [f"avg@{summary['n']}"] + [f"pass@{k}" for k in summary["k"]]
+    return cols + [c for c in ("greedy_lenient", f"avg@{summary['n']}_lenient") if c in summary]
+
+
+def column_title(column: str) -> str:
+    """A column's table header: `greedy_lenient` -> `greedy (lenient)`."""
+    return column.replace("_lenient", " (lenient)")
 
 
 def fmt(stat: dict | None, scale: float = 100.0) -> str:
@@ -158,8 +191,10 @@ def fmt(stat: dict | None, scale: float = 100.0) -> str:
 
 def _per_problem_values(summary: dict, column: str) -> dict[str, float]:
     per_problem, n = summary.get("per_problem") or {}, summary["n"]
-    if column == "greedy":
-        return {i: float(v["greedy"]) for i, v in per_problem.items() if "greedy" in v}
+    if column in ("greedy", "greedy_lenient"):
+        return {i: float(v[column]) for i, v in per_problem.items() if column in v}
+    if column.startswith("avg@") and column.endswith("_lenient"):
+        return {i: v["correct_lenient"] / n for i, v in per_problem.items() if "correct_lenient" in v}
     if column.startswith("avg@"):
         return {i: v["correct"] / n for i, v in per_problem.items()}
     k = int(column.split("@")[1])
@@ -189,7 +224,7 @@ def summary_markdown(summaries: list[dict]) -> str:
     change per column: mean of the per-problem differences ± their standard error.
     """
     cols = metric_columns(summaries[0])
-    lines = ["| run | problems | " + " | ".join(cols) + " | tokens |", "|---" * (len(cols) + 3) + "|"]
+    lines = ["| run | problems | " + " | ".join(map(column_title, cols)) + " | tokens |", "|---" * (len(cols) + 3) + "|"]
     for s in summaries:
         cells = [fmt(s.get(c)) for c in cols]
         lines.append(f"| {s['label']} | {s['problems']} | " + " | ".join(cells) +
