@@ -1,4 +1,4 @@
-"""One OPSD update with and without length bucketing (`loss.bucketing`), in the same run.
+"""One OPSD update with and without length bucketing (`speed.bucketing`), in the same run.
 
 The setting of `benchmarks/prefix_sharing.py` (SmolLM2-135M-Instruct, the preset's LoRA r16, the
 adapter-off teacher on the privileged prompt, all rows in one micro-batch, no generation), but the
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="longest response")
     ap.add_argument("--min-tokens", type=int, default=8, help="shortest response")
     ap.add_argument("--prompt-tokens", type=int, default=250, help="approximate privileged prompt length")
-    ap.add_argument("--costs", type=int, nargs="+", default=[16, 64, 256], help="loss.bucket_cost values")
+    ap.add_argument("--costs", type=int, nargs="+", default=[16, 64, 256], help="speed.bucket_cost values")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)

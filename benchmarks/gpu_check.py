@@ -114,7 +114,7 @@ def watched(model, lora: bool) -> dict[str, torch.Tensor]:
 
 @contextlib.contextmanager
 def whole_rows(method, teacher):
-    """Student and teacher both score whole rows (`loss.share_prefix: off`), so that at the same
+    """Student and teacher both score whole rows (`speed.share_prefix: off`), so that at the same
     prompt and weights they run the very same computation: with prefix sharing each side decides
     for itself (the student's gradient checkpointing turns it off for the student only), and two
     exact but differently summed paths differ by bf16 rounding."""

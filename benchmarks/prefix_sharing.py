@@ -1,4 +1,4 @@
-"""One OPSD update with and without prefix sharing (`loss.share_prefix`), in the same run.
+"""One OPSD update with and without prefix sharing (`speed.share_prefix`), in the same run.
 
 The embedded SmolLM2-135M-Instruct with the OPSD preset's LoRA (r 16, alpha 32, all-linear), the
 adapter-off teacher, `--problems` problems x `--n` responses of exactly `--tokens` tokens, all in

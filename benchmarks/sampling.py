@@ -2,7 +2,7 @@
 in the same run, on the workloads the trainer and the evaluation run.
 
 Prints a Markdown table: for each workload, seconds of HF generate, of the native loop and of the
-native loop with oneDNN-packed linears (the default, `model.packed_linear: auto`), their ratios to
+native loop with oneDNN-packed linears (the default, `speed.packed_linear: auto`), their ratios to
 HF, and how many answers equal HF's (all draw with the same per-row seeds: the native loop should
 give HF's tokens; packed linears round differently in float32, so near-ties can flip). Answers end at EOS, as in training: what finishes early leaves the native
 batch. Usage: python benchmarks/sampling.py [--threads 2] [--tokens 64] [--problems 64]
@@ -50,7 +50,7 @@ def main() -> None:
          SamplingParams(n=4, temperature=0.6, top_k=20, top_p=0.95, max_new_tokens=args.tokens, prompt_seeds=seeds)),
     ]
     # HF generate with F.linear (the baseline), the native loop with F.linear, and the native loop as
-    # configured by default (oneDNN-packed linears, `model.packed_linear: auto`)
+    # configured by default (oneDNN-packed linears, `speed.packed_linear: auto`)
     setups = {"hf": ("hf", args.batch[0], "off"), "native": ("native", args.batch[1], "off"),
               "native+packed": ("native", args.batch[1], "auto")}
     samplers = {name: make_sampler(backend, model, tok, batch_size=size, progress=False, packed=packed)

@@ -338,7 +338,7 @@ def evaluate(model: Any = "smollm2-135m-instruct", data: str | Path | None = Non
             raise UserError("evaluate: a loaded model needs its `tokenizer`")
         tok, lm, label = tokenizer, model, label or "model"
     sampler = sampler_for(cfg.sampling, lm, tok, batch_size=batch_size or cfg.sampling.batch_size,
-                          progress=progress, packed=cfg.model.packed_linear)
+                          progress=progress, packed=cfg.speed.packed_linear)
     verifiers = Verifiers({"math": {"grading": spec.grading}})
     try:
         summary = run_evaluation(sampler, tok, problems, spec, cfg.prompt, verifiers,

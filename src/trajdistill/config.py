@@ -31,6 +31,7 @@ from trajdistill.config_sections import (
     PromptSpec,
     SamplingSpec,
     Section,
+    SpeedSpec,
     TracesSpec,
     VLLMSpec,
 )
@@ -38,7 +39,7 @@ from trajdistill.files import atomic_write_text
 
 __all__ = [
     "CheckpointSpec", "DataSpec", "DistributedSpec", "EvalSpec", "LoggingSpec", "LoraSpec", "LossSpec",
-    "ModelSpec", "OptimSpec", "PromptSpec", "RunConfig", "SamplingSpec", "Section", "TracesSpec",
+    "ModelSpec", "OptimSpec", "PromptSpec", "RunConfig", "SamplingSpec", "Section", "SpeedSpec", "TracesSpec",
     "VLLMSpec", "apply_overrides", "check_for_training", "config_from_tree", "format_validation_error",
     "import_plugins", "load_config", "read_yaml_tree", "save_config", "set_dotted",
 ]
@@ -54,6 +55,11 @@ _MOVED = {
     "diagnostics": "the on-policy method's section (e.g. opsd.diagnostics)",
     "offline": "the offline method's own section (sft:, redi:, dpo:, simpo:); offline.context is traces.context",
 }
+
+# The speed switches, once under `loss:` and `model:` (and so `teacher:`), now all in `speed:`.
+SPEED_MOVED = {"loss": ("share_prefix", "bucketing", "bucket_cost"), "model": ("packed_linear",),
+               "teacher": ("packed_linear",)}
+_SPEED_ONLY_LOSS = ("share_prefix", "bucketing", "bucket_cost")  # the distillation loss's forwards
 
 
 class RunConfig(Section):
@@ -79,6 +85,7 @@ class RunConfig(Section):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    speed: SpeedSpec = Field(default_factory=SpeedSpec)
     traces: TracesSpec = Field(default_factory=TracesSpec)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
     _options: Any = PrivateAttr(default=None)
@@ -133,6 +140,11 @@ def config_from_tree(tree: dict[str, Any], source: str = "config") -> RunConfig:
                             f"(it holds the options of method {key})")
         if key in _MOVED:
             raise UserError(f"{source}: field '{key}': not a top-level option; it belongs in {_MOVED[key]}")
+    for where, names in SPEED_MOVED.items():
+        node = tree.get(where)
+        for name in names:
+            if isinstance(node, dict) and name in node:
+                raise UserError(f"{source}: field '{where}.{name}' moved to 'speed.{name}'")
     try:
         cfg = RunConfig.model_validate(tree)
     except ValidationError as err:
@@ -168,6 +180,28 @@ def _check_method_fields(cfg: RunConfig, cls, tree: dict[str, Any]) -> None:
         if used:
             raise ValueError(f"field 'loss.{used[0]}': method {cfg.method} does not use it "
                              "(only loss.chunk_size applies to sequence objectives)")
+        for name in _SPEED_ONLY_LOSS:
+            if cfg.speed.explicitly_set(name):
+                raise ValueError(f"field 'speed.{name}': method {cfg.method} does not use it (it applies to "
+                                 "the distillation loss's student and teacher forwards)")
+
+
+def move_speed_fields(tree: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config from before the `speed:` section, with its speed switches moved there
+    (what `--resume` reads); a config a user writes is refused instead."""
+    tree = dict(tree)
+    speed = dict(tree.get("speed") or {})
+    for section, names in SPEED_MOVED.items():
+        if isinstance(tree.get(section), dict):
+            node = tree[section] = dict(tree[section])
+            for name in names:
+                if name in node:
+                    value = node.pop(name)
+                    if section != "teacher":  # the teacher always followed model.packed_linear
+                        speed.setdefault(name, value)
+    if speed:
+        tree["speed"] = speed
+    return tree
 
 
 def import_plugins(names: Iterable[str], source: str = "config") -> None:

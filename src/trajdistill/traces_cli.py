@@ -58,7 +58,7 @@ def generate_command(cfg: RunConfig, out: str | Path, *, teacher: str | None = N
     settings = TraceSettings(teacher=str(name), context=cfg.traces.context, n=s.n, temperature=s.temperature,
                              top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
                              instruction=p.instruction, system=p.system, privileged=p.privileged, seed=cfg.seed)
-    sampler = sampler_for(s, model, tokenizer, packed=cfg.model.packed_linear)
+    sampler = sampler_for(s, model, tokenizer, packed=cfg.speed.packed_linear)
     console.print(f"traces: {len(problems)} problems x {s.n} from {name} ({settings.context} context) -> {out}")
     try:
         rows = generate_traces(problems, sampler, tokenizer, verify or make_verifiers(cfg), out, settings,

@@ -83,12 +83,20 @@ def test_the_teacher_has_no_precision_policy_of_its_own():
 
 
 def test_share_prefix_reads_yaml_on_and_off_as_modes(tmp_path):
-    assert load_config(None).loss.share_prefix == "auto"
+    assert load_config(None).speed.share_prefix == "auto"
     for text, mode in (("on", "on"), ("off", "off"), ("auto", "auto")):
         path = tmp_path / f"{text}.yaml"
-        path.write_text(f"loss:\n  share_prefix: {text}\n")  # YAML 1.1 reads on/off as booleans
-        assert load_config(path).loss.share_prefix == mode
+        path.write_text(f"speed:\n  share_prefix: {text}\n")  # YAML 1.1 reads on/off as booleans
+        assert load_config(path).speed.share_prefix == mode
     path = tmp_path / "bad.yaml"
-    path.write_text("loss:\n  share_prefix: sometimes\n")
-    with pytest.raises(UserError, match="loss.share_prefix"):
+    path.write_text("speed:\n  share_prefix: sometimes\n")
+    with pytest.raises(UserError, match="speed.share_prefix"):
         load_config(path)
+    path.write_text("speed:\n  bucketing: off\n  packed_linear: off\n")
+    cfg = load_config(path)
+    assert (cfg.speed.bucketing, cfg.speed.packed_linear) == ("off", "off")
+
+
+def test_the_speed_switches_keep_their_defaults():
+    speed = load_config(None).speed
+    assert (speed.share_prefix, speed.bucketing, speed.bucket_cost, speed.packed_linear) == ("auto", "auto", 64, "auto")

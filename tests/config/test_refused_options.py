@@ -7,6 +7,7 @@ import pytest
 
 from trajdistill import UserError
 from trajdistill.config import check_for_training, load_config, save_config
+from trajdistill.train.resume import saved_config
 
 SAMPLED = "loss.divergence=sampled_token"
 
@@ -77,3 +78,47 @@ def test_assigning_an_option_that_does_not_apply_is_refused_too():
     cfg = load_config(None, [SAMPLED])
     with pytest.raises(ValueError, match="top_k"):
         cfg.loss.top_k = 8
+
+
+MOVED = [("loss.share_prefix", "off"), ("loss.bucketing", "off"), ("loss.bucket_cost", 0),
+         ("model.packed_linear", "off")]
+
+
+@pytest.mark.parametrize("old, value", MOVED, ids=[m[0] for m in MOVED])
+def test_a_speed_switch_at_its_old_place_names_the_new_one(old, value, tmp_path):
+    new = "speed." + old.split(".")[1]
+    with pytest.raises(UserError) as err:
+        load_config(None, [f"{old}={value}"])
+    assert str(err.value) == f"defaults: field '{old}' moved to '{new}'"
+    section, name = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(UserError, match=f"field '{old}' moved to '{new}'"):
+        load_config(path)
+    assert getattr(load_config(None, [f"{new}={value}"]).speed, name) == value
+
+
+def test_the_teachers_packed_linear_is_refused_for_the_speed_section():
+    with pytest.raises(UserError, match="field 'teacher.packed_linear' moved to 'speed.packed_linear'"):
+        load_config(None, ["method=opd", "teacher.name=x", "teacher.packed_linear=off"])
+
+
+@pytest.mark.parametrize("name, value", [("share_prefix", "off"), ("bucketing", "off"), ("bucket_cost", 8)])
+def test_the_losss_speed_switches_are_refused_for_a_sequence_objective(name, value):
+    with pytest.raises(UserError, match=f"field 'speed.{name}': method sft does not use it"):
+        load_config("configs/sft.yaml", [f"speed.{name}={value}"])
+    load_config("configs/sft.yaml", ["speed.packed_linear=off"])  # its evaluation samples: applies
+
+
+def test_a_run_saved_before_the_speed_section_still_resumes(tmp_path):
+    """A run directory's config.yaml written with the switches under loss:/model: reads back with
+    them under speed: (what --resume compares); a user's config is refused instead (above)."""
+    cfg = load_config(None, ["speed.share_prefix=off", "speed.bucket_cost=8", "speed.packed_linear=off"])
+    tree = cfg.tree()
+    speed = tree.pop("speed")
+    tree["loss"].update({k: speed[k] for k in ("share_prefix", "bucketing", "bucket_cost")})
+    tree["model"]["packed_linear"] = speed["packed_linear"]
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    assert saved_config(tmp_path).tree() == cfg.tree()

@@ -108,3 +108,58 @@ def test_another_methods_option_is_named():
     assert proc.returncode == 2 and "field 'loss.divergence': method sft does not use it" in proc.stderr
     proc, _ = _cli("train", "configs/opsd-forward-kl.yaml", "--set", "teacher.name=x")
     assert proc.returncode == 2 and "field 'teacher': method opsd uses the student's own base weights" in proc.stderr
+
+
+# -- a plugin's own per-token data: carried from collect to the loss in TrainSequence.extras ------
+
+from trajdistill.methods.step_scores import StepScoredDistillation  # noqa: E402
+from trajdistill.train.batch import Extra  # noqa: E402
+
+POSITION_WEIGHT: Extra[torch.Tensor] = Extra("decay-kl.position_weight", per="token", dtype=torch.float32, fill=1.0)
+
+
+class PositionDecayKL(StepScoredDistillation):
+    """OPSD with u_t = 0.5 ** t, set per rollout in `collect` and read back, collated, in `weights`:
+    the shared records (train/batch.py) know nothing of it."""
+
+    fixed_setting = "opsd"
+    seen: list[torch.Tensor] = []
+
+    def collect(self, problems, step):
+        result = super().collect(problems, step)
+        for s in result.units:
+            POSITION_WEIGHT.set(s, 0.5 ** torch.arange(len(s.response), dtype=torch.float32))
+        return result
+
+    def weights(self, seqs, batch: ScoredBatch, totals):
+        w, z = super().weights(seqs, batch, totals)
+        u = POSITION_WEIGHT.of(batch)
+        PositionDecayKL.seen.append(u.clone())
+        return w * u.to(w.device), z
+
+
+def test_a_plugins_per_token_tensor_travels_through_collation(tmp_path, tiny_lm, tokenizer):
+    from trajdistill.records import Problem
+    from trajdistill.train.run import build
+
+    register("decay-kl", PositionDecayKL)
+    PositionDecayKL.seen = []
+    try:
+        cfg = load_config(None, ["method=decay-kl", "decay-kl.diagnostics=false", "sampling.n=2",
+                                 "sampling.max_new_tokens=6", "lora.r=4", "lora.alpha=8", "loss.chunk_size=7",
+                                 f"output_dir={tmp_path}"])
+        _, method, _ = build(cfg, tmp_path, model=tiny_lm, tokenizer=tokenizer)
+        problems = [Problem(id=f"p{i}", prompt=f"What is {i} + 1?", answer=str(i + 1),
+                            reference=f"{i} + 1 = {i + 1}. The answer is \\boxed{{{i + 1}}}.") for i in range(2)]
+        units = method.collect(problems, step=0).units
+        assert units
+        totals = method.counts(units)
+        loss, _ = method.loss(units, totals)
+        expected = torch.cat([0.5 ** torch.arange(len(u.response), dtype=torch.float32) for u in units])
+        assert torch.equal(PositionDecayKL.seen[-1], expected)  # in the order of the batch's tokens
+
+        # the loss is the token-weighted divergence: u_t scales each token's D_t
+        d = torch.cat(method.step_divergences(units))
+        assert float(loss.detach()) == pytest.approx(float((expected * d).sum()) / totals["tokens"], rel=1e-5)
+    finally:
+        unregister("decay-kl")

@@ -11,6 +11,7 @@ import torch
 from trajdistill.verify import Verifiers
 from trajdistill.config import load_config
 from trajdistill.records import Problem, Verdict
+from trajdistill.methods.renio import SCORE, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 from trajdistill.train.batch import TrainSequence
 from trajdistill.train.optim import build_optimizer
 from trajdistill.weighting import renio_sample_weights
@@ -54,7 +55,8 @@ def hand_built(method, tokenizer):
                           response=[100 + 7 * i + j for j in range(len(ratios))],
                           teacher_prompt=method.teacher_prompt(problems()[i]), passed=i % 2 == 0)
         teacher = torch.full((len(ratios),), -4.0)
-        s.student_logprobs, s.teacher_logprobs = teacher + torch.tensor(ratios), teacher
+        STUDENT_LOGPROBS.set(s, teacher + torch.tensor(ratios))
+        TEACHER_LOGPROBS.set(s, teacher)
         seqs.append(s)
     method.weigh(seqs)
     return seqs
@@ -64,8 +66,8 @@ def expected_weights(method, seqs):
     from trajdistill.methods.step_scores import padded
 
     r = method.opts
-    student, mask = padded([s.student_logprobs for s in seqs])
-    teacher, _ = padded([s.teacher_logprobs for s in seqs])
+    student, mask = padded([STUDENT_LOGPROBS.get(s) for s in seqs])
+    teacher, _ = padded([TEACHER_LOGPROBS.get(s) for s in seqs])
     return renio_sample_weights(student, teacher, mask, ratio_cap=r.ratio_cap, threshold=r.threshold,
                                 tau=r.tau, weight_cap=r.weight_cap, normalize="micro")
 
@@ -73,7 +75,7 @@ def expected_weights(method, seqs):
 def test_scores_and_raw_weights_follow_the_hand_built_ratios(tmp_path, tiny_lm, tokenizer):
     _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer)
     seqs = hand_built(method, tokenizer)
-    assert [s.score for s in seqs] == pytest.approx([1.75, 0.0, 0.9, 2.0])
+    assert [SCORE.get(s) for s in seqs] == pytest.approx([1.75, 0.0, 0.9, 2.0])
     _, pivotal = method.weigh(seqs)
     assert pivotal.tolist() == [True, False, True, True]
     raw = torch.exp(torch.tensor([1.75, 0.0, 0.9, 2.0]))
@@ -134,7 +136,7 @@ def test_collect_scores_every_rollout_and_trains_only_the_kept(tmp_path, tiny_lm
     # the student's log-probs are the sampler's (sampling temperature), the teacher's at the same temperature
     by_ids = {tuple(r.response_ids): r for r in result.rollouts}
     for s in result.units:
-        student, teacher = s.student_logprobs, s.teacher_logprobs
+        student, teacher = STUDENT_LOGPROBS.get(s), TEACHER_LOGPROBS.get(s)
         torch.testing.assert_close(student, torch.tensor(by_ids[tuple(s.response)].logprobs))
         assert s.teacher_hidden.shape[0] == len(s.response)
 
@@ -180,9 +182,9 @@ def test_rollouts_without_sampler_logprobs_get_the_students_own_at_the_sampling_
     again = method.collect(problems(), step=0)
     assert calls == [len(problems())]
     assert [u.response for u in again.units] == [u.response for u in first.units]
-    assert again.units and all(s.student_logprobs is not None for s in again.units)
+    assert again.units and all(STUDENT_LOGPROBS.get(s) is not None for s in again.units)
     for a, b in zip(first.units, again.units):
-        torch.testing.assert_close(b.student_logprobs.float(), a.student_logprobs.float(), atol=1e-4, rtol=0)
+        torch.testing.assert_close(STUDENT_LOGPROBS.get(b).float(), STUDENT_LOGPROBS.get(a).float(), atol=1e-4, rtol=0)
     assert again.metrics["renio/auc"] == first.metrics["renio/auc"]
 
 

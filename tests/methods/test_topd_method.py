@@ -11,7 +11,8 @@ import torch
 
 from trajdistill.verify import Verifiers
 from trajdistill.config import load_config
-from trajdistill.methods.topd import branch_points
+from trajdistill.methods.onpolicy import TOKEN_WEIGHTS
+from trajdistill.methods.topd import GUIDANCE, branch_points
 from trajdistill.records import Problem, Verdict
 from trajdistill.train.batch import TrainSequence
 from trajdistill.train.optim import build_optimizer
@@ -57,7 +58,7 @@ def test_filter_zeroes_high_loss_tokens_with_a_quiet_near_future(tmp_path, tiny_
     seqs = sequences(method, [len(d) for d in D])
     monkeypatch.setattr(method, "step_divergences", lambda s: [torch.tensor(d) for d in D])
     points, metrics = method.weigh_tokens(seqs)
-    zeros = [(i, t) for i, s in enumerate(seqs) for t, u in enumerate(s.token_weights.tolist()) if u == 0]
+    zeros = [(i, t) for i, s in enumerate(seqs) for t, u in enumerate(TOKEN_WEIGHTS.get(s).tolist()) if u == 0]
     assert zeros == [(0, 0), (1, 1)]
     assert metrics["topd/filtered_of_high"] == (2.0, 4.0)
     assert metrics["topd/filtered_frac"] == (2.0, 20.0)
@@ -65,7 +66,7 @@ def test_filter_zeroes_high_loss_tokens_with_a_quiet_near_future(tmp_path, tiny_
 
     method.opts.filter = False  # the "OPD" / guidance-only arm: nothing filtered
     points, _ = method.weigh_tokens(seqs)
-    assert all(bool((s.token_weights == 1).all()) for s in seqs)
+    assert all(bool((TOKEN_WEIGHTS.get(s) == 1).all()) for s in seqs)
     assert points == [[0, 3], [1, 4], []]
 
 
@@ -79,11 +80,11 @@ def test_branch_points_take_the_largest_candidates_in_text_order():
 def test_loss_weights_filtered_tokens_zero_and_normalises_over_the_step(tmp_path, tiny_lm, tokenizer):
     _, _, method = build_tiny(tmp_path, tiny_lm, tokenizer)
     seqs = sequences(method, [5, 3])
-    seqs[0].token_weights = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
+    TOKEN_WEIGHTS.set(seqs[0], torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]))
     d = method.step_divergences(seqs)
     totals = {"tokens": 20.0, "sequences": 5.0, "guidance_tokens": 0.0, "guidance_sequences": 0.0}
     loss, metrics = method.loss(seqs, totals)
-    expected = (float((d[0] * seqs[0].token_weights).sum()) + float(d[1].sum())) / 20.0
+    expected = (float((d[0] * TOKEN_WEIGHTS.get(seqs[0])).sum()) + float(d[1].sum())) / 20.0
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     assert metrics["kl/mean"][1] == 8  # logged over every rollout token
 
@@ -105,7 +106,7 @@ def test_guidance_branches_continue_the_prefix_before_the_divergent_token(tmp_pa
     assert asked == [seqs[0].teacher_prompt + y0[:2], seqs[0].teacher_prompt + y0[:5], seqs[1].teacher_prompt]
     assert [b.teacher_prompt for b in branches] == asked
     assert [b.response for b in branches] == [[900, 901], [901, 902], [902, 903]]
-    assert all(b.guidance and b.sample_weight == 0.5 for b in branches)
+    assert all(GUIDANCE.get(b) and b.sample_weight == 0.5 for b in branches)
     assert [len(b.student_prompt) - len(seqs[i].student_prompt) for b, i in zip(branches, [0, 0, 1])] == [2, 5, 0]
 
     # L = sum u D / N + lambda_g sum_branches D / N_g, each with its own count
@@ -140,7 +141,7 @@ def test_a_few_topd_steps_lower_the_loss_with_filter_and_guidance(tmp_path, tiny
     torch.manual_seed(0)
     result = method.collect(problems(), step=0)
     units = result.units
-    branches = [u for u in units if u.guidance]
+    branches = [u for u in units if GUIDANCE.get(u)]
     assert branches and result.metrics["topd/branches"][0] == len(branches)
     assert len(branches) <= 2 * result.metrics["rollout/kept"][0]
     totals = method.counts(units)

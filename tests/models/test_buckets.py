@@ -111,7 +111,7 @@ def test_opsd_loss_and_gradients_do_not_depend_on_bucketing(tmp_path, tiny_lm, t
     for mode in ("auto", "off"):
         cfg = load_config(Path("configs") / "opsd-forward-kl.yaml",
                           ["lora.r=4", "lora.alpha=8", f"output_dir={tmp_path}", "loss.chunk_size=7",
-                           f"loss.share_prefix={share}", f"loss.bucketing={mode}", "loss.bucket_cost=0"])
+                           f"speed.share_prefix={share}", f"speed.bucketing={mode}", "speed.bucket_cost=0"])
         ctx, method, _ = build(cfg, tmp_path, model=copy.deepcopy(tiny_lm).double(), tokenizer=tokenizer)
         with torch.no_grad():
             for name, param in ctx.model.named_parameters():

@@ -198,7 +198,7 @@ def test_opsd_loss_and_gradients_are_those_of_the_unshared_path(tmp_path, tiny_l
     for mode in ("on", "off"):
         cfg = load_config(Path("configs") / "opsd-forward-kl.yaml",
                           ["lora.r=4", "lora.alpha=8", f"output_dir={tmp_path}", "loss.chunk_size=7",
-                           f"loss.divergence={divergence}", f"loss.share_prefix={mode}"])
+                           f"loss.divergence={divergence}", f"speed.share_prefix={mode}"])
         ctx, method, _ = build(cfg, tmp_path, model=copy.deepcopy(tiny_lm).double(), tokenizer=tokenizer)
         gen = torch.Generator().manual_seed(3)
         with torch.no_grad():
@@ -222,7 +222,7 @@ def test_share_prefix_off_runs_every_row_whole_as_before(tmp_path, tiny_lm, toke
     from trajdistill.train.run import build
 
     cfg = load_config(Path("configs") / "opsd-forward-kl.yaml",
-                      ["lora.r=4", "lora.alpha=8", f"output_dir={tmp_path}", "loss.share_prefix=off"])
+                      ["lora.r=4", "lora.alpha=8", f"output_dir={tmp_path}", "speed.share_prefix=off"])
     ctx, method, _ = build(cfg, tmp_path, model=tiny_lm, tokenizer=tokenizer)
     problems = [Problem(id=f"p{i}", prompt=f"What is {i} + 1?", answer="0", reference=f"{i + 1}.") for i in range(2)]
     seqs = method_rows(method, tokenizer, problems)

@@ -25,8 +25,8 @@ def test_the_builtin_backends_are_registered():
 
 
 def test_a_registered_backend_is_accepted_by_the_config_and_built_by_its_factory(echo_backend):
-    cfg = load_config(None, ["sampling.backend=echo", "sampling.batch_size=7", "model.packed_linear=off"])
-    sampler = sampler_for(cfg.sampling, "MODEL", "TOK", packed=cfg.model.packed_linear)
+    cfg = load_config(None, ["sampling.backend=echo", "sampling.batch_size=7", "speed.packed_linear=off"])
+    sampler = sampler_for(cfg.sampling, "MODEL", "TOK", packed=cfg.speed.packed_linear)
     assert isinstance(sampler, Recorder) and (sampler.model, sampler.tokenizer) == ("MODEL", "TOK")
     assert sampler.options == {"batch_size": 7, "progress": False, "context": None, "packed": "off", "options": None}
 

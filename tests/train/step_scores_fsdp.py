@@ -30,6 +30,8 @@ import torch
 
 from trajdistill.config import load_config
 from trajdistill.models import load_tokenizer, tiny_model
+from trajdistill.methods.onpolicy import TOKEN_WEIGHTS
+from trajdistill.methods.renio import SCORE
 from trajdistill.records import Problem, Rollout, Verdict
 from trajdistill.train.batch import TrainSequence
 from trajdistill.train.distributed import finish_process
@@ -65,7 +67,7 @@ def collect_filtered(method, rank: int, world: int, none: bool) -> dict:
     method.keep = lambda rollout: rank == 0
     result = method.collect(problems[mine], 0)
     return {"units": [[u.response, u.teacher_hidden.sum().item(),
-                       None if u.token_weights is None else u.token_weights.tolist(), u.score]
+                       None if TOKEN_WEIGHTS.get(u) is None else TOKEN_WEIGHTS.get(u).tolist(), SCORE.get(u)]
                       for u in result.units]}
 
 

@@ -28,10 +28,13 @@ from trajdistill.models.buckets import Bucketing, bucketed_final_hidden
 from trajdistill.models.shared_prefix import PrefixSharing, padding, shared_prefix_hidden
 from trajdistill.records import Problem, Rollout
 from trajdistill.rollout import SamplingParams, render_privileged_prompt, render_prompt
-from trajdistill.train.batch import ScoredBatch, TrainSequence, collate
+from trajdistill.train.batch import Extra, ScoredBatch, TrainSequence, collate
 
 __all__ = ["OPD", "OPSD", "Hidden", "OnPolicyDistillation", "OnPolicyOptions", "SettingOptions",
-           "divergence_metrics", "rollout_metrics", "rollout_sequence"]
+           "TOKEN_WEIGHTS", "divergence_metrics", "rollout_metrics", "rollout_sequence"]
+
+TOKEN_WEIGHTS: Extra[torch.Tensor] = Extra("token_weights", per="token", dtype=torch.float32, fill=1.0)
+"""Per-token weights u_t of a sequence (TOPD's near-future filter); a sequence without them: all 1."""
 
 _DIVERGENCE = {"forward_kl": "forward_kl", "reverse_kl": "reverse_kl", "jsd": "jsd"}
 
@@ -195,7 +198,7 @@ class OnPolicyDistillation(Method):
     def student_hidden(self, seqs: list[TrainSequence], batch: ScoredBatch) -> torch.Tensor:
         """The student's final states `[N, H]` at the positions predicting each response token
         (with gradient when enabled); each distinct student prompt encoded once when
-        `loss.share_prefix` allows."""
+        `speed.share_prefix` allows."""
         model, s, device = self.ctx.model, batch.student, self.ctx.device
         prompts = [q.student_prompt for q in seqs]
         if self.prefix_sharing.use(model, prompts):
@@ -205,11 +208,11 @@ class OnPolicyDistillation(Method):
 
     @functools.cached_property
     def prefix_sharing(self) -> PrefixSharing:
-        return PrefixSharing(self.cfg.loss.share_prefix, "student")
+        return PrefixSharing(self.cfg.speed.share_prefix, "student")
 
     @functools.cached_property
     def bucketing(self) -> Bucketing:
-        return Bucketing(self.cfg.loss.bucketing, self.cfg.loss.bucket_cost, "student")
+        return Bucketing(self.cfg.speed.bucketing, self.cfg.speed.bucket_cost, "student")
 
     def weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> tuple[torch.Tensor, float]:
         """The one weighting hook: per-token weights `w_i u_t` and the normaliser Z (token mean or
@@ -221,8 +224,9 @@ class OnPolicyDistillation(Method):
         device = self.ctx.device
         idx = batch.seq_index.to(device)
         w = (batch.sample_weights if sample_weights is None else sample_weights).to(device)[idx]
-        if batch.token_weights is not None:
-            w = w * batch.token_weights.to(device)
+        token_weights = TOKEN_WEIGHTS.of(batch)
+        if token_weights is not None:
+            w = w * token_weights.to(device)
         if self.cfg.loss.aggregation == "sequence":
             w = w / batch.lengths.to(device)[idx].float()
             return w, float(totals["sequences"])
@@ -252,13 +256,17 @@ class OnPolicyDistillation(Method):
         observer = self.diagnostics_observer(batch)
         loss, per_token = self.divergence(hidden, batch.targets.to(hidden.student.device), weights, normalizer,
                                           observer)
-        metrics = divergence_metrics(per_token.detach().float().cpu(), batch)
+        metrics = self.divergence_metrics(per_token.detach().float().cpu(), batch)
         prompts = [q.student_prompt for q in seqs]
         metrics["batch/padding"] = padding(prompts, [q.response for q in seqs],
                                            self.prefix_sharing.use(self.ctx.model, prompts), self.bucketing)
         metrics.update(self.diagnostics(hidden, batch, observer))
         metrics.update(self.extra_metrics(per_token.detach().float().cpu(), batch, seqs))
         return loss, metrics
+
+    def divergence_metrics(self, per_token: torch.Tensor, batch: ScoredBatch) -> dict:
+        """`kl/mean`, `kl/correct`, `kl/incorrect` over the batch's tokens."""
+        return divergence_metrics(per_token, batch)
 
     def extra_metrics(self, per_token: torch.Tensor, batch: ScoredBatch, seqs: list[TrainSequence]) -> dict:
         """Method-specific per-step metrics as (sum, count) pairs; none here."""

@@ -23,18 +23,20 @@ def rollout_metrics(rollouts: list[Rollout], kept: int) -> dict[str, tuple[float
     }
 
 
-def divergence_metrics(per_token: torch.Tensor, batch: ScoredBatch) -> dict[str, tuple[float, float]]:
+def divergence_metrics(per_token: torch.Tensor, batch: ScoredBatch, apart: torch.Tensor | None = None,
+                       apart_name: str = "kl/apart") -> dict[str, tuple[float, float]]:
     """Mean per-token divergence on the rollouts' tokens, overall and split by the rollout's
-    verifier outcome; TOPD's guidance branches are reported apart (`topd/guidance_kl`)."""
+    verifier outcome. `apart` (`[B]` bool, e.g. TOPD's guidance branches) marks sequences reported
+    on their own, as `apart_name`, and left out of `kl/*`."""
     passed = torch.tensor([bool(p) for p in batch.passed])[batch.seq_index]
-    if batch.guidance is None:
+    if apart is None:
         out = {"kl/mean": (float(per_token.sum()), float(per_token.numel()))}
         for name, mask in (("kl/correct", passed), ("kl/incorrect", ~passed)):
             out[name] = (float(per_token[mask].sum()), float(mask.sum()))
         return out
-    guide = batch.guidance[batch.seq_index]
+    guide = apart[batch.seq_index]
     out = {}
     for name, mask in (("kl/mean", ~guide), ("kl/correct", ~guide & passed), ("kl/incorrect", ~guide & ~passed),
-                       ("topd/guidance_kl", guide)):
+                       (apart_name, guide)):
         out[name] = (float(per_token[mask].sum()), float(mask.sum()))
     return out

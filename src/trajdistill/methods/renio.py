@@ -35,8 +35,19 @@ from trajdistill.methods.base import StepResult
 from trajdistill.methods.onpolicy import SettingOptions, rollout_metrics, rollout_sequence
 from trajdistill.methods.step_scores import StepScoredDistillation, padded
 from trajdistill.records import Problem
-from trajdistill.train.batch import ScoredBatch, TrainSequence
+from trajdistill.train.batch import Extra, ScoredBatch, TrainSequence
 from trajdistill.weighting import renio_raw_weights, renio_sample_weights, renio_scores
+
+
+# What ReNIO carries on each `TrainSequence` (its `extras`), from `collect` to the loss:
+STUDENT_LOGPROBS: Extra[torch.Tensor] = Extra("renio.student_logprobs", per="token", dtype=torch.float64)
+"""log p_S(y_t) at the sampling temperature, one per response token."""
+TEACHER_LOGPROBS: Extra[torch.Tensor] = Extra("renio.teacher_logprobs", per="token", dtype=torch.float64)
+"""log p_T(y_t) at the sampling temperature, one per response token."""
+SCORE: Extra[float] = Extra("renio.score", per="sample", dtype=torch.float64)
+"""s_i."""
+RAW_WEIGHT: Extra[float] = Extra("renio.raw_weight", per="sample", dtype=torch.float64, fill=1.0)
+"""The unnormalised weight exp(s_i / tau_w)."""
 
 
 class ReNIOOptions(SettingOptions):
@@ -90,7 +101,7 @@ class ReNIO(StepScoredDistillation):
         """
         if not kept:
             return {}
-        raw = torch.tensor([s.raw_weight for s in kept], dtype=torch.float64)
+        raw = torch.tensor([RAW_WEIGHT.get(s, 1.0) for s in kept], dtype=torch.float64)
         w = (raw / raw.mean()).clamp(max=self.opts.weight_cap)
         return {"renio/weight_max": (float(w.max()), 1.0), "renio/weight_min": (float(w.min()), 1.0)}
 
@@ -103,39 +114,41 @@ class ReNIO(StepScoredDistillation):
         forward = dict(zip(missing, self.student_token_logprobs([seqs[i] for i in missing], temperature)))
         student = [forward[i] if i in forward else torch.tensor(r.logprobs) for i, r in enumerate(rollouts)]
         for s, sl, tl in zip(seqs, student, teacher):
-            s.student_logprobs, s.teacher_logprobs = sl, tl
+            STUDENT_LOGPROBS.set(s, sl)
+            TEACHER_LOGPROBS.set(s, tl)
         return self.weigh(seqs)
 
     def weigh(self, seqs: list[TrainSequence]) -> tuple[torch.Tensor, torch.Tensor]:
         """From the sequences' log-probs: store `s_i` and the raw weight `exp(s_i / tau_w)`;
         returns `(s [B], has_pivotal [B])`."""
-        student, mask = padded([s.student_logprobs for s in seqs])
-        teacher, _ = padded([s.teacher_logprobs for s in seqs])
+        student, mask = padded([STUDENT_LOGPROBS.get(s) for s in seqs])
+        teacher, _ = padded([TEACHER_LOGPROBS.get(s) for s in seqs])
         r = self.opts
         scores, pivotal = renio_scores(student, teacher, mask, ratio_cap=r.ratio_cap, threshold=r.threshold)
         raw = renio_raw_weights(scores, r.tau)
         for s, score, w in zip(seqs, scores.tolist(), raw.tolist()):
-            s.score, s.raw_weight = score, w
+            SCORE.set(s, score)
+            RAW_WEIGHT.set(s, w)
         return scores, pivotal
 
     # -- normalisation and loss -----------------------------------------------------------------
     def counts(self, seqs: list[TrainSequence]) -> dict[str, float]:
         out = super().counts(seqs)
-        out["renio_weight_sum"] = float(sum(s.raw_weight for s in seqs))
+        out["renio_weight_sum"] = float(sum(RAW_WEIGHT.get(s, 1.0) for s in seqs))
         return out
 
-    def sample_weights(self, seqs: list[TrainSequence], totals: dict) -> torch.Tensor:
+    def sample_weights(self, batch: ScoredBatch, totals: dict) -> torch.Tensor:
         """`w_i` of this micro-batch's sequences, normalised as `renio.normalize` says."""
         r = self.opts
-        student, mask = padded([s.student_logprobs for s in seqs])
-        teacher, _ = padded([s.teacher_logprobs for s in seqs])
+        student, mask = batch.per_row(STUDENT_LOGPROBS)
+        teacher, _ = batch.per_row(TEACHER_LOGPROBS)
         batch_mean = totals["renio_weight_sum"] / max(totals["sequences"], 1.0) if r.normalize == "batch" else None
         return renio_sample_weights(student, teacher, mask, ratio_cap=r.ratio_cap, threshold=r.threshold,
                                     tau=r.tau, weight_cap=r.weight_cap, normalize=r.normalize,
                                     batch_mean=batch_mean).float()
 
     def weights(self, seqs: list[TrainSequence], batch: ScoredBatch, totals: dict) -> tuple[torch.Tensor, float]:
-        w = self.sample_weights(seqs, totals)
+        w = self.sample_weights(batch, totals)
         self._last_weights = w
         combined = torch.tensor([s.sample_weight * float(x) for s, x in zip(seqs, w)], dtype=torch.float32)
         return self.token_weights(batch, totals, combined)

@@ -30,9 +30,15 @@ from trajdistill.methods.step_scores import StepScoredDistillation, padded
 from trajdistill.models.buckets import several_processes
 from trajdistill.records import Problem
 from trajdistill.rollout import SamplingParams
-from trajdistill.train.batch import ScoredBatch, TrainSequence
+from trajdistill.methods.onpolicy import TOKEN_WEIGHTS
+from trajdistill.methods.onpolicy_metrics import divergence_metrics
+from trajdistill.train.batch import Extra, ScoredBatch, TrainSequence
 from trajdistill.weighting import near_future_filter
 from trajdistill.weighting.near_future import _high_loss as high_loss_tokens
+
+
+GUIDANCE: Extra[bool] = Extra("topd.guidance", per="sample", dtype=torch.bool, fill=False)
+"""On a guidance branch (a teacher continuation, normalised by its own token count): True."""
 
 
 class TOPDOptions(SettingOptions):
@@ -83,12 +89,12 @@ class TOPD(StepScoredDistillation):
         return result
 
     def weigh_tokens(self, seqs: list[TrainSequence]) -> tuple[list[list[int]], dict]:
-        """Filter weights into each sequence's `token_weights`; returns the guidance branch points and metrics."""
+        """Filter weights into each sequence's `TOKEN_WEIGHTS` (u_t); returns the guidance branch points and metrics."""
         spec = self.opts
         values, mask = padded(self.step_divergences(seqs))
         weights = self.filter_weights(values, mask)
         for i, s in enumerate(seqs):
-            s.token_weights = weights[i, : len(s.response)].float()
+            TOKEN_WEIGHTS.set(s, weights[i, : len(s.response)].float())
         high = high_loss_tokens(values, mask, spec.quantile)
         filtered = float(((weights == 0) & mask).sum())
         metrics = {"topd/filtered_of_high": (filtered, float(high.sum())),
@@ -119,10 +125,12 @@ class TOPD(StepScoredDistillation):
         branches = [
             TrainSequence(student_prompt=student_ctx, response=cont, teacher_prompt=teacher_ctx,
                           passed=seqs[i].passed, sample_weight=self.opts.guidance_weight,
-                          problem_id=seqs[i].problem_id, guidance=True)
+                          problem_id=seqs[i].problem_id)
             for (i, student_ctx, teacher_ctx, t), cont in zip(contexts, continuations)
             if cont
         ]
+        for b in branches:
+            GUIDANCE.set(b, True)
         self.cache_teacher_hidden(branches)
         return branches
 
@@ -136,8 +144,8 @@ class TOPD(StepScoredDistillation):
 
     # -- loss: the on-policy loss with TOPD's weights ----------------------------------------
     def counts(self, seqs: list[TrainSequence]) -> dict[str, float]:
-        main = [s for s in seqs if not s.guidance]
-        guide = [s for s in seqs if s.guidance]
+        main = [s for s in seqs if not GUIDANCE.get(s, False)]
+        guide = [s for s in seqs if GUIDANCE.get(s, False)]
         return {"tokens": float(sum(len(s.response) for s in main)), "sequences": float(len(main)),
                 "guidance_tokens": float(sum(len(s.response) for s in guide)), "guidance_sequences": float(len(guide))}
 
@@ -149,10 +157,15 @@ class TOPD(StepScoredDistillation):
             main_z, guide_z = totals["sequences"], totals.get("guidance_sequences", 0.0)
         else:
             main_z, guide_z = totals["tokens"], totals.get("guidance_tokens", 0.0)
-        if batch.guidance is None:
+        guidance = GUIDANCE.of(batch)
+        if guidance is None:
             return w / max(main_z, 1.0), 1.0
-        guide = batch.guidance[batch.seq_index].to(w.device)
+        guide = guidance[batch.seq_index].to(w.device)
         return torch.where(guide, w / max(guide_z, 1.0), w / max(main_z, 1.0)), 1.0
+
+    def divergence_metrics(self, per_token: torch.Tensor, batch: ScoredBatch) -> dict:
+        """The guidance branches' divergence apart (`topd/guidance_kl`), out of `kl/*`."""
+        return divergence_metrics(per_token, batch, apart=GUIDANCE.of(batch), apart_name="topd/guidance_kl")
 
 
 def branch_points(values: torch.Tensor, candidates: torch.Tensor, m: int) -> list[list[int]]:

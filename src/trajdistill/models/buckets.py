@@ -54,7 +54,7 @@ def _split(lengths: tuple[int, ...], cost: float) -> tuple[tuple[int, ...], ...]
 
 
 class Bucketing:
-    """Whether and how a model's rows are grouped by length (`loss.bucketing`, `loss.bucket_cost`).
+    """Whether and how a model's rows are grouped by length (`speed.bucketing`, `speed.bucket_cost`).
 
     auto: group when it saves padded positions, in a single process (processes of a DDP/FSDP job
     must run the same number of forwards, which grouping by each one's own lengths would not keep);

@@ -87,7 +87,7 @@ def _refuse_length_dependent_rope(model, who: str = "model") -> None:
         raise LengthDependentRope(
             f"prefix sharing ({who}) cannot run this model: {field} makes its rotary "
             "frequencies depend on the sequence length, so a prompt encoded alone would not match the "
-            "whole row; set loss.share_prefix to auto (falls back to whole rows) or off")
+            "whole row; set speed.share_prefix to auto (falls back to whole rows) or off")
 
 
 def group_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -227,7 +227,7 @@ def unshared_hidden(model, prompts: list[list[int]], responses: list[list[int]],
 
 
 class PrefixSharing:
-    """Whether a model's rows go through `shared_prefix_hidden` (`loss.share_prefix`).
+    """Whether a model's rows go through `shared_prefix_hidden` (`speed.share_prefix`).
 
     off: never. on: always (a model that cannot raises; length-dependent RoPE at the first call,
     naming the config field). auto: only for batches where some prompt repeats, and only if, on

@@ -32,7 +32,12 @@ def load_run(path: Path) -> dict:
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise UserError(f"{path} is not a run directory (no config.yaml)")
-    run = {"dir": path, "name": path.name, "config": yaml.safe_load((path / "config.yaml").read_text()) or {}}
+    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    if isinstance(config, dict):  # a run from before the `speed:` section compares with a newer one
+        from trajdistill.config import move_speed_fields
+
+        config = move_speed_fields(config)
+    run = {"dir": path, "name": path.name, "config": config}
     run["metrics"] = read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else []
     run["evals"] = {}
     for f in sorted((path / "eval").glob("*.json")) if (path / "eval").is_dir() else []:

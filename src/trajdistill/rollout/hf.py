@@ -146,7 +146,7 @@ class HFSampler:
         self.batch_size = batch_size
         self.progress = progress
         self.context = context or contextlib.nullcontext
-        self.packed = packed  # `model.packed_linear`
+        self.packed = packed  # `speed.packed_linear`
 
     def sync(self, model, version: int | None = None) -> None:
         """Nothing to do: `generate` runs on the live weights."""

@@ -61,7 +61,7 @@ class Sampler(Protocol):
 # -- the backend registry ---------------------------------------------------------------------
 # A backend is a factory `factory(model, tokenizer, *, batch_size, progress, context, packed, options)`
 # returning a `Sampler`: `context` (a teacher's `as_teacher`, or None) is entered around every
-# generation, `packed` is `model.packed_linear`, `options` the backend's own settings (the vLLM
+# generation, `packed` is `speed.packed_linear`, `options` the backend's own settings (the vLLM
 # backend's `VLLMOptions`, from `sampling.vllm`; None for the others). Register your own from your
 # package without editing this one:
 #
@@ -138,7 +138,7 @@ def make_sampler(backend: str, model, tokenizer, *, batch_size: int = 32, progre
     """The sampler of `backend` over `model`. `context` (a teacher's `as_teacher`) is entered around
     every generation, so the same factory serves the student and the teacher; `vllm_options` (a
     `trajdistill.rollout.vllm.VLLMOptions`) configures the vLLM engine; `packed` is
-    `model.packed_linear` (native and HF backends)."""
+    `speed.packed_linear` (native and HF backends)."""
     try:
         factory = sampler_factory(backend)
     except ValueError as err:

@@ -33,7 +33,7 @@ class Teacher:
         self.autocast = autocast
         self.prefix_sharing = PrefixSharing(share_prefix, "teacher")
         self.bucketing = bucketing or Bucketing("off")
-        self.packed = packed  # `model.packed_linear`: scoring needs no gradient
+        self.packed = packed  # `speed.packed_linear`: scoring needs no gradient
 
     def as_teacher(self):
         """Context in which `self.model` computes as the teacher (scoring or sampling)."""

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from trajdistill import UserError
-from trajdistill.config import RunConfig, config_from_tree
+from trajdistill.config import RunConfig, config_from_tree, move_speed_fields
 
 # Fields a resumed run may change, because they leave the trained weights and the data order as
 # they were (or, for optim.steps, only extend them):
@@ -72,7 +72,7 @@ def saved_config(run_dir: Path) -> RunConfig | None:
                         "it is needed to check --resume") from None
     if not isinstance(tree, dict):
         raise UserError(f"{path}: the run's saved config is not a mapping of sections")
-    return config_from_tree(tree, str(path))
+    return config_from_tree(move_speed_fields(tree), str(path))
 
 
 def check_resume(run_dir: Path, cfg: RunConfig) -> None:

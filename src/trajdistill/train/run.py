@@ -100,9 +100,9 @@ def build_teacher(cfg: RunConfig, kind: str, student, tokenizer, device):
     student's own base weights (adapter off under LoRA, a frozen copy otherwise). It computes in
     the student's precision (`model.autocast`)."""
     autocast = cfg.model.autocast
-    options = {"autocast": autocast, "share_prefix": cfg.loss.share_prefix,
-               "bucketing": Bucketing(cfg.loss.bucketing, cfg.loss.bucket_cost, "teacher"),
-               "packed": cfg.model.packed_linear}
+    options = {"autocast": autocast, "share_prefix": cfg.speed.share_prefix,
+               "bucketing": Bucketing(cfg.speed.bucketing, cfg.speed.bucket_cost, "teacher"),
+               "packed": cfg.speed.packed_linear}
     if kind == "none":
         return None
     if kind == "separate":
@@ -160,14 +160,14 @@ def build(cfg: RunConfig, run_dir: Path, *, model=None, tokenizer=None):
                         rank=accelerator.process_index if accelerator else 0,
                         world=accelerator.num_processes if accelerator else 1)
     # One long-lived sampler per run: the method's rollouts and every evaluation.
-    ctx.sampler = sampler_for(cfg.sampling, model, tokenizer, packed=cfg.model.packed_linear)
+    ctx.sampler = sampler_for(cfg.sampling, model, tokenizer, packed=cfg.speed.packed_linear)
     ctx.teacher = build_teacher(cfg, cls.teacher_kind(cfg.options), model, tokenizer, device)
     shard_frozen_teacher(ctx.teacher, accelerator)
     if ctx.teacher is not None:  # built on first use: most methods never sample from the teacher
         teacher = ctx.teacher
         ctx.teacher_sampler = LazySampler(lambda: sampler_for(cfg.sampling, teacher.model, tokenizer,
                                                               context=teacher.as_teacher,
-                                                              packed=cfg.model.packed_linear))
+                                                              packed=cfg.speed.packed_linear))
     return ctx, cls(ctx), accelerator
 
 
