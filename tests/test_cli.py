@@ -251,6 +251,55 @@ def test_a_plugin_method_trains_from_the_cli_and_the_table_is_not_folded_in_a_pi
     assert "scale: 0.5" in saved
 
 
+BACKEND_PLUGIN = r'''
+from trajdistill.records import Rollout
+from trajdistill.rollout.sampler import register_sampler
+
+
+class Canned:
+    """Answers sample j of every prompt with j, boxed: right where j is the problem's answer."""
+
+    def __init__(self, model, tokenizer, **options):
+        self.tokenizer = tokenizer
+
+    def sample(self, prompts, params, problem_ids=None):
+        return [Rollout(problem_id=pid, prompt_ids=list(prompt), response_ids=[1, 2], text=f"\\boxed{{{j}}}",
+                        sample_index=j) for prompt, pid in zip(prompts, problem_ids) for j in range(params.n)]
+
+    def sync(self, model, version=None):
+        pass
+
+    def close(self):
+        pass
+
+
+register_sampler("canned", Canned)
+'''
+
+
+def test_traces_generate_takes_a_plugins_sampler_backend(tmp_path, tiny_model_dir):
+    import os
+
+    (tmp_path / "canned_backend.py").write_text(BACKEND_PLUGIN)
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"What is {i} + 0?", "answer": str(i),
+                                        "reference": f"{i} + 0 = {i}"}) + "\n" for i in range(3)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"method: sft\nmodel: {{name: {tiny_model_dir}}}\ndata: {{train: {data}, held_out: 0}}\n"
+                   "sampling: {backend: canned, n: 2}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "trajdistill.cli", "traces", "generate", str(cfg), "--out", str(tmp_path / "out")]
+    without = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert "field 'sampling.backend': unknown sampling backend 'canned'" in one_error_line(without)
+    out = subprocess.run(command + ["--plugin", "canned_backend"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out" / "traces.jsonl").read_text().splitlines()]
+    assert [(r["problem_id"], r["completion"], r["correct"]) for r in rows] == [
+        ("p0", "\\boxed{0}", True), ("p0", "\\boxed{1}", False), ("p1", "\\boxed{0}", False),
+        ("p1", "\\boxed{1}", True), ("p2", "\\boxed{0}", False), ("p2", "\\boxed{1}", False)]
+
+
 def test_the_run_log_ends_with_the_error_that_stopped_the_run(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"data: {{train: {tmp_path / 'missing.jsonl'}}}\noutput_dir: {tmp_path / 'run'}\n")

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from trajdistill.cli_support import one_line, quiet_libraries, user_errors
+from trajdistill.cli_support import Plugins, one_line, quiet_libraries, user_errors
 from trajdistill.traces_cli import traces_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -18,9 +18,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.add_typer(traces_app, name="traces")
 
 Overrides = typer.Option(None, "--set", "-s", help="Override a config field: --set optim.lr=1e-5 (repeatable).")
-Plugins = typer.Option(None, "--plugin", "-p", help="Import a module first (package.module or a .py file) that "
-                       "registers methods, sampler backends or verifiers (repeatable; or a `plugins:` list in "
-                       "the config).")
 
 
 def _train_help() -> str:

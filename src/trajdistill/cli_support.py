@@ -16,6 +16,12 @@ from trajdistill import RunWarning, UserError
 from trajdistill.files import TornTailWarning
 
 
+Plugins = typer.Option(None, "--plugin", "-p", help="Import a module first (package.module or a .py file) that "
+                       "registers methods, sampler backends or verifiers (repeatable; or a `plugins:` list in "
+                       "the config).")
+"""`--plugin`, shared by every command that reads a config (train, eval, traces generate)."""
+
+
 def one_line(message: object) -> str:
     """A message folded onto one line: a caller reading stderr line by line sees all of it."""
     return " ".join(str(message).split())

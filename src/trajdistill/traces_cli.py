@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from trajdistill import UserError
-from trajdistill.cli_support import quiet_libraries, user_errors
+from trajdistill.cli_support import Plugins, quiet_libraries, user_errors
 from trajdistill.config import RunConfig
 from trajdistill.files import atomic_write_json
 
@@ -135,19 +135,20 @@ def _mapping(items: list[str] | None) -> dict[str, str | None]:
 @traces_app.command("generate")
 @user_errors
 def generate_cli(
-    config: Path = typer.Argument(..., help="YAML preset: data, sampling, prompt, offline.context, model/teacher."),
+    config: Path = typer.Argument(..., help="YAML preset: data, sampling, prompt, traces.context, model/teacher."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (rerun with the same one to resume)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a config field (repeatable)."),
     teacher: Optional[str] = typer.Option(None, help="Teacher model (default: config teacher, else model)."),
     max_problems: Optional[int] = typer.Option(None, help="Use only the first N training problems."),
     problems_per_chunk: int = typer.Option(8, help="Problems per atomically written chunk."),
+    plugins: Optional[list[str]] = Plugins,
 ):
     """Sample n traces per training problem from a teacher, verify them, write traces.{jsonl,parquet}."""
     from trajdistill.config import load_config
 
+    cfg = load_config(config, list(overrides or []), plugins=plugins)  # a plugin's sampler backend, say
     quiet_libraries()
-    generate_command(load_config(config, list(overrides or [])), out, teacher=teacher, max_problems=max_problems,
-                     problems_per_chunk=problems_per_chunk)
+    generate_command(cfg, out, teacher=teacher, max_problems=max_problems, problems_per_chunk=problems_per_chunk)
 
 
 @traces_app.command("pairs")
