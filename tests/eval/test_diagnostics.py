@@ -1,4 +1,4 @@
-"""Seed 003's C.5 training diagnostics against brute-force references on small tensors."""
+"""The TRD paper's training diagnostics (appendix C.5) against brute-force references on small tensors."""
 
 from types import SimpleNamespace
 

@@ -282,7 +282,7 @@ class OnPolicyDistillation(Method):
         return StatisticsObserver(batch.targets, epistemic_token_ids(self.ctx.tokenizer))
 
     def diagnostics(self, hidden: Hidden, batch: ScoredBatch, observer=None) -> dict[str, tuple[float, float]]:
-        """Seed 003's training diagnostics (C.5), `diag/*`: teacher mass on epistemic onset tokens,
+        """The TRD paper's training diagnostics (appendix C.5), `diag/*`: teacher mass on epistemic onset tokens,
         teacher/student NLL and their gap on the response mask (switch: `diagnostics`); from
         `observer` when the loss fed it, else from a pass of their own."""
         if not self.opts.diagnostics:
