@@ -126,6 +126,24 @@ def runs_se(sampled_rows: list[dict], n: int) -> float:
     return math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) / math.sqrt(len(scores))
 
 
+def _graded_columns(summary: dict, per_problem: dict, greedy: list | None, sampled: list, ids, n: int,
+                    field: str, suffix: str) -> dict:
+    """Greedy accuracy and Avg@n by the verdict `field` of each row, as `greedy{suffix}` and
+    `avg@{n}{suffix}` (per problem: `greedy{suffix}`, `correct{suffix}`); returns the per-problem
+    count of correct samples."""
+    if greedy is not None:
+        summary[f"greedy{suffix}"] = _stat([float(r[field]) for r in greedy])
+        for r in greedy:
+            per_problem[r["problem_id"]][f"greedy{suffix}"] = int(r[field])
+    correct = {i: 0 for i in ids}
+    for r in sampled:
+        correct[r["problem_id"]] += int(r[field])
+    for i, c in correct.items():
+        per_problem[i][f"correct{suffix}"] = c
+    summary[f"avg@{n}{suffix}"] = _stat([c / n for c in correct.values()])
+    return correct
+
+
 def summarise(rows: list[dict], ids: list[str], spec: EvalSpec, label: str) -> dict:
     """The summary of per-sample rows (`mode`, `problem_id`, `passed`, `tokens`, `finished`, ...)."""
     n = max(spec.k)
@@ -133,17 +151,8 @@ def summarise(rows: list[dict], ids: list[str], spec: EvalSpec, label: str) -> d
                      "temperature": spec.temperature}
     per_problem: dict[str, dict] = {i: {} for i in ids}
     greedy = [r for r in rows if r["mode"] == "greedy"]
-    if spec.greedy:
-        summary["greedy"] = _stat([float(r["passed"]) for r in greedy])
-        for r in greedy:
-            per_problem[r["problem_id"]]["greedy"] = int(r["passed"])
     sampled = [r for r in rows if r["mode"] == "sampled"]
-    correct = {i: 0 for i in ids}
-    for r in sampled:
-        correct[r["problem_id"]] += int(r["passed"])
-    for i, c in correct.items():
-        per_problem[i]["correct"] = c
-    summary[f"avg@{n}"] = _stat([c / n for c in correct.values()])
+    correct = _graded_columns(summary, per_problem, greedy if spec.greedy else None, sampled, ids, n, "passed", "")
     summary[f"avg@{n}"]["se_runs"] = runs_se(sampled, n)
     for k in spec.k:
         summary[f"pass@{k}"] = _stat([pass_at_k(n, c, k) for c in correct.values()])
@@ -155,16 +164,8 @@ def summarise(rows: list[dict], ids: list[str], spec: EvalSpec, label: str) -> d
     # A verifier that failed is not a wrong answer: counted here, flagged in the table.
     summary["verifier_errors"] = sum(1 for r in rows if r["status"] in ("verifier_error", "verifier_timeout"))
     if any("passed_lenient" in r for r in rows):  # eval.also_lenient: the same samples, re-graded
-        if spec.greedy:
-            summary["greedy_lenient"] = _stat([float(r["passed_lenient"]) for r in greedy])
-            for r in greedy:
-                per_problem[r["problem_id"]]["greedy_lenient"] = int(r["passed_lenient"])
-        loose = {i: 0 for i in ids}
-        for r in sampled:
-            loose[r["problem_id"]] += int(r["passed_lenient"])
-        for i, c in loose.items():
-            per_problem[i]["correct_lenient"] = c
-        summary[f"avg@{n}_lenient"] = _stat([c / n for c in loose.values()])
+        _graded_columns(summary, per_problem, greedy if spec.greedy else None, sampled, ids, n,
+                        "passed_lenient", "_lenient")
     summary["per_problem"] = per_problem  # for paired before/after differences
     return summary
 
