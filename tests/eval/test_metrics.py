@@ -7,7 +7,7 @@ from itertools import combinations
 
 import pytest
 
-from trajdistill.eval.metrics import avg_at_k, mean_se, pass_at_k, summarize
+from trajdistill.eval.metrics import avg_at_k, mean_se, min_detectable_effect, pass_at_k, summarize
 from trajdistill.eval.runner import paired_change, summary_markdown
 from trajdistill.records import Verdict
 
@@ -57,6 +57,21 @@ def test_mean_se_is_the_standard_error_of_the_mean():
     assert mean_se([0.7]) == (0.7, 0.0)
     assert all(math.isnan(x) for x in mean_se([]))
 
+
+
+def test_min_detectable_effect_is_2_80_standard_errors():
+    # (1.959964 + 0.841621) * SE: z for two-sided 5 % plus z for 80 % power
+    assert min_detectable_effect(0.1, 50) == pytest.approx(0.2801585, abs=1e-6)
+    assert min_detectable_effect(0.05, 64) == pytest.approx(0.1400792, abs=1e-6)
+
+
+def test_min_detectable_effect_without_any_differing_problem_is_the_rule_of_three():
+    assert min_detectable_effect(0.0, 32) == 3 / 32  # 9.4 points, not 0
+    assert min_detectable_effect(0.0, 300) == 0.01
+    # every problem changed by the same 1/3: SE is rounding noise, not a measured 0 + something
+    _, se = mean_se([2 / 3 - 1 / 3, 1 / 3 - 0, 1 - 2 / 3])
+    assert min_detectable_effect(se, 3) == 1.0
+    assert math.isnan(min_detectable_effect(float("nan"), 0))
 
 def test_summarize_averages_over_problems_with_standard_errors():
     counts, n = [0, 2, 4, 1], 4

@@ -82,3 +82,29 @@ def test_report_gives_paired_changes_vs_base_and_between_every_pair_of_runs(tmp_
     (runs[2] / "eval" / "after.json").write_text(json.dumps(other))
     text = build_report(runs, tmp_path / "out2").read_text()
     assert "(unpaired)" in text
+
+
+def test_report_gives_the_minimum_detectable_effect_beside_each_paired_change(tmp_path):
+    base = [0] * 10
+    results = {"same": [0] * 10, "two": [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]}
+    runs = []
+    for name, passed in results.items():
+        run = tmp_path / name
+        (run / "eval").mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"method": "sft", "name": name}))
+        (run / "eval" / "before.json").write_text(json.dumps(greedy_summary("before", base)))
+        (run / "eval" / "after.json").write_text(json.dumps(greedy_summary("after", passed)))
+        runs.append(run)
+    text = build_report(runs, tmp_path / "out").read_text()
+    held_out = text.split("## Paired")[0]
+    assert "| method | greedy | avg@1 | pass@1 | MDE (80 % power) | Δ greedy vs base (paired) |" in held_out
+    # no problem differs: the rule of three, 300 / 10 problems = 30 points
+    assert "| same | 0.0 ± 10.0 | 0.0 ± 10.0 | 0.0 ± 10.0 | 30.0 | +0.0 ± 0.0 |" in held_out
+    # differences 1, 1, 0 x 8: SE = sqrt((2 * 0.8^2 + 8 * 0.2^2) / 9 / 10) = 2/15; 2.801585 * 2/15 = 0.3735
+    assert "| two | 20.0 ± 10.0 | 20.0 ± 10.0 | 20.0 ± 10.0 | 37.4 | +20.0 ± 13.3 |" in held_out
+    assert "| base | 0.0 ± 10.0 | 0.0 ± 10.0 | 0.0 ± 10.0 | - | - |" in held_out
+    pairwise = text.split("## Paired differences between runs")[1].split("##")[0]
+    assert "| same | · | -20.0 ± 13.3 |" in pairwise and "| two | +20.0 ± 13.3 | · |" in pairwise
+    mde = pairwise.split("MDE (80 % power) of each Δ greedy above")[1]
+    assert "| same | · | 37.4 |" in mde and "| two | 37.4 | · |" in mde
+    assert "2.80 x SE; 300/n points when no problem differs" in mde

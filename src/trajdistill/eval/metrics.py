@@ -13,6 +13,7 @@ Dataset numbers are means over problems, with the standard error of that mean
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Iterable, Sequence
 
 from trajdistill.records import Verdict
@@ -57,6 +58,34 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     variance = sum((v - mean) ** 2 for v in values) / (count - 1)
     return mean, math.sqrt(variance / count)
+
+
+# z_{1 - alpha/2} + z_{power} for a two-sided 5 % test at 80 % power: 1.959964 + 0.841621.
+MDE_Z = NormalDist().inv_cdf(1 - 0.05 / 2) + NormalDist().inv_cdf(0.8)
+
+
+def min_detectable_effect(se: float, problems: int) -> float:
+    """The smallest paired change (a fraction, like the change itself) that `problems` problems
+    detect with 80 % power in a two-sided test at 5 %.
+
+        MDE = (z_{1 - alpha/2} + z_{power}) * SE = (1.959964 + 0.841621) * SE = 2.801585 * SE
+
+    with SE the standard error of the mean of the per-problem differences (`mean_se`).
+
+    SE = 0 means every problem changed by the same amount, in practice that no problem changed
+    (both runs 0 % correct, say); the formula above would then claim any change is detectable.
+    Instead, with no discordant problem among n, the smallest rate of discordant problems that
+    makes seeing none unlikely (the rule of three, 95 %: (1 - p)^n <= 0.05 at p ~ 3/n) is
+
+        MDE = 3 / n                   (300 / n points)
+
+    NaN when SE is NaN (no problems).
+    """
+    if math.isnan(se):
+        return float("nan")
+    if se < 1e-12:  # equal differences can leave float rounding noise instead of an exact 0
+        return 3.0 / problems
+    return MDE_Z * se
 
 
 def summarize(correct_counts: Sequence[int], n: int, ks: Sequence[int]) -> dict:

@@ -203,7 +203,8 @@ def _per_problem_values(summary: dict, column: str) -> dict[str, float]:
 
 
 def paired_change(before: dict, after: dict, column: str) -> dict | None:
-    """Mean per-problem change after - before with the standard error of the paired differences.
+    """Mean per-problem change after - before with the standard error of the paired differences,
+    and the number of `problems` paired (`{"mean", "se", "problems"}`).
 
     Both evaluations score the same problems, so the difference's error is far smaller than the two
     unpaired errors combined; None when the two summaries do not cover the same problems.
@@ -211,7 +212,7 @@ def paired_change(before: dict, after: dict, column: str) -> dict | None:
     a, b = _per_problem_values(before, column), _per_problem_values(after, column)
     if not a or a.keys() != b.keys() or before["n"] != after["n"]:
         return None
-    return _stat([b[i] - a[i] for i in a])
+    return {**_stat([b[i] - a[i] for i in a]), "problems": len(a)}
 
 
 def _signed(stat: dict | None) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from trajdistill import UserError
+from trajdistill.eval.metrics import min_detectable_effect
 from trajdistill.eval.runner import fmt, metric_columns, paired_change
 from trajdistill.files import atomic_write_text, read_jsonl
 
@@ -71,22 +72,37 @@ def _change(new: dict, old: dict, column: str) -> str:
     return "-"
 
 
+MDE_NOTE = ("MDE: the smallest paired change this number of problems detects at 80 % power, two-sided 5 % "
+            "(2.80 x SE; 300/n points when no problem differs).")
+
+
+def _mde(new: dict, old: dict, column: str) -> str:
+    """The minimum detectable effect of the paired `new - old`, in points; `-` when unpaired."""
+    paired = paired_change(old, new, column)
+    if paired is None:
+        return "-"
+    return f"{100 * min_detectable_effect(paired['se'], paired['problems']):.1f}"
+
+
 def results_table(runs: list[dict]) -> str:
-    """Rows: base model then each run's final model; columns: accuracy metrics; change vs base."""
+    """Rows: base model then each run's final model; columns: accuracy metrics; the MDE of and the
+    change vs base. The MDE sits before the change so that the change stays the last column."""
     base, rows = _rows(runs)
     if not rows:
         return "_no evaluations found_\n"
     cols = metric_columns(rows[0][1])
-    head = "| method | " + " | ".join(cols) + " | Δ " + cols[0] + " vs base (paired) |"
-    lines = [head, "|---" * (len(cols) + 2) + "|"]
+    head = "| method | " + " | ".join(cols) + " | MDE (80 % power) | Δ " + cols[0] + " vs base (paired) |"
+    lines = [head, "|---" * (len(cols) + 3) + "|"]
     for name, summary in rows:
         cells = [fmt(summary.get(c)) for c in cols]
-        delta = _change(summary, base, cols[0]) if base and name != "base" else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+        vs_base = base and name != "base"
+        delta = _change(summary, base, cols[0]) if vs_base else "-"
+        mde = _mde(summary, base, cols[0]) if vs_base else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mde} | {delta} |")
     problems = rows[0][1].get("problems")
     return (f"Held-out problems: {problems}; accuracy in %, mean ± standard error over problems "
             "([± x]: REDI's error bar over the k sampled runs). Changes are means of per-problem "
-            "differences ± their standard error.\n\n" + "\n".join(lines) + "\n")
+            f"differences ± their standard error. {MDE_NOTE}\n\n" + "\n".join(lines) + "\n")
 
 
 def pairwise_table(runs: list[dict]) -> str:
@@ -104,7 +120,12 @@ def pairwise_table(runs: list[dict]) -> str:
     for name, summary in rows:
         cells = ["·" if other is summary else _change(summary, other, col) for _, other in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    lines += ["", f"MDE (80 % power) of each Δ {col} above, points:", "",
+              "| run | " + " | ".join(n for n, _ in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for name, summary in rows:
+        cells = ["·" if other is summary else _mde(summary, other, col) for _, other in rows]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", MDE_NOTE]) + "\n"
 
 
 CURVES = ["loss", "kl/mean", "kl/correct", "kl/incorrect", "rollout/pass_rate", "rollout/response_len",
