@@ -1,21 +1,26 @@
-"""One on-policy training step, trajdistill's OPSD vs TRL's `GKDTrainer` (lmbda=1), in the same run.
+"""One on-policy training step, trajdistill against TRL's trainer for the same method, in the same run.
 
-Both sides train the embedded SmolLM2-135M-Instruct with the same LoRA (r 16, alpha 32, all-linear,
-no dropout), on the same problems (chat-templated `builtin:arith-mix` prompts, the same ones at
-every step), the same number of sequences per step and exactly `--tokens` completion tokens per
-sequence (EOS cannot end a rollout early on either side), sampling at temperature 1 with no
-top-k / top-p, forward KL (TRL: `beta=0`; ours: `loss.divergence=forward_kl`), AdamW, grad clip 1.
+`--anchor` picks the pair (TRL 1.16):
+- `sdft` (default): our OPSD (`configs/opsd-forward-kl.yaml`) against `trl.experimental.sdft.SDFTTrainer`,
+  TRL's privileged-context self-distillation: `teacher_model_kind="base"` (the adapter switched off
+  is the teacher, as ours), `distillation_mode="full_logits"`, `distillation_alpha=0` (forward KL),
+  `num_generations = --n`, no importance-sampling clip; SDFT's teacher prompt is "{prompt}\n\n
+  {privileged_context}" and ours is set to the same layout (problem, instruction, then "Reference
+  solution:" and the reference), so both teachers read the same token ids (checked and printed).
+- `distillation`: our OPD (`configs/opd-forward-kl.yaml`, the teacher a second copy of the model)
+  against `trl.DistillationTrainer` (the maintained on-policy trainer: chunked divergence from hidden
+  states, `beta=0`: forward KL) with the same second copy as its teacher; both teachers read the
+  student's prompt.
+- `gkd`: our OPSD against `trl.experimental.gkd.GKDTrainer` (lmbda=1), which TRL 1.16 marks as covered
+  by `DistillationTrainer`; its teacher reads the student prompt.
 
-- ours: `configs/opsd-forward-kl.yaml` through `trajdistill.train.run.build` and
-  `Trainer.train_step` (HF sampling, verification, the adapter-off teacher on the privileged
-  prompt, the chunked divergence from hidden states, the AdamW step). The preset logs TRD's C.5
-  diagnostics (`opsd.diagnostics`, on by default); an extra row times the same step with them off.
-- TRL:  `trl.experimental.gkd.GKDTrainer.train()` with `lmbda=1.0, beta=0.0, temperature=1.0`, the
-  same student + `peft_config`, and a second copy of SmolLM2 as teacher (GKD has no adapter-off
-  teacher). `bf16` and `gradient_checkpointing` (on by default in TRL's SFTConfig) are turned off
-  so both sides run fp32 without recomputation; generation forced to `--tokens` new tokens with
-  `min_new_tokens = max_new_tokens`. TRL's teacher sees the student's prompt (GKD has no
-  privileged context), ours the longer privileged prompt.
+Common to all pairs: ours runs the preset through `trajdistill.train.run.build` and
+`Trainer.train_step` (HF sampling, verification, teacher scoring, the chunked divergence from hidden
+states, the AdamW step); the presets log TRD's C.5 diagnostics (`diagnostics`, on by default) and an
+extra row times the same step with them off. TRL runs `trainer.train()` with the same student and
+`peft_config`, AdamW, grad clip 1, temperature 1; `bf16` and `gradient_checkpointing` (on by default
+in TRL's configs) are turned off so both sides run fp32 without recomputation, and generation is
+forced to `--tokens` new tokens (`min_new_tokens = max_new_tokens`).
 
 The steps alternate (TRL step k, then our step k from TRL's `on_step_end` callback) so that load
 from other processes on a shared machine hits both sides alike; round 0 is a warm-up. Step time is
@@ -36,18 +41,19 @@ attention and the implementation's actual LM-head work; it is the same yardstick
 The machine's peak is the best of repeated 2048x2048 fp32 `torch.mm` calls on the same threads,
 measured before and after the steps.
 
-    .venv/bin/python benchmarks/train_step.py                     # batch 8, 64 tokens, 3 timed steps
-    .venv/bin/python benchmarks/train_step.py --n 4 --context-tokens 1000   # long shared prompts
+    .venv/bin/python benchmarks/train_step.py --n 4                          # OPSD vs SDFTTrainer
+    .venv/bin/python benchmarks/train_step.py --n 4 --reference-tokens 1000  # ~1,000-token privileged context
+    .venv/bin/python benchmarks/train_step.py --anchor distillation --n 4    # OPD vs DistillationTrainer
+    .venv/bin/python benchmarks/train_step.py --anchor gkd --n 4             # OPSD vs GKDTrainer
 
-`--n 4` samples 4 responses per problem (2 problems x 4 in a batch of 8; TRL's batch holds each
-problem 4 times), so our prefix sharing applies (one prefill per problem in sampling, one prompt
-encoding per problem in the teacher's scoring and the student's forward/backward); `--context-tokens
-T` puts the same worked examples (about T tokens of other problems with their solutions) before
-every problem, on both sides: the student prompt and our teacher's privileged prompt grow alike.
-`--reference-tokens T` makes each reference solution about T tokens (as a reasoning trace used as
-the reference would be): only our teacher's privileged prompt grows, TRL's teacher does not read it.
-    .venv/bin/python benchmarks/train_step.py --n 4 --reference-tokens 1000  # long privileged reference
-    .venv/bin/python benchmarks/train_step.py --batch 8 --tokens 64 --steps 3 --threads 2
+`--n 4` samples 4 responses per problem (2 problems x 4 in a batch of 8: the presets' n), so our
+prefix sharing applies (one prefill per problem in sampling, one prompt encoding per problem in the
+teacher's scoring and the student's forward/backward); TRL's batch holds each problem 4 times
+(SDFT: `num_generations=4`). `--context-tokens T` puts the same worked examples (about T tokens of
+other problems with their solutions) before every problem, on both sides. `--reference-tokens T`
+makes each reference solution about T tokens (as a reasoning trace used as the reference would
+be): the privileged prompt grows, which SDFT's teacher reads as ours does (GKD's and OPD's
+teachers do not read it). Defaults: batch 8, 64 tokens, 3 timed steps after a warm-up, 2 threads.
 """
 
 from __future__ import annotations
@@ -66,8 +72,15 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch
 
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
-PRESET = REPO / "configs" / "opsd-forward-kl.yaml"
+# Our preset for each anchor, and the overrides that make its teacher the anchor's.
+# SDFT builds its teacher prompt as "{prompt}\n\n{privileged_context}" (it requires both fields):
+# our privileged template is set to the same layout, so both teachers read the same token ids.
+SDFT_PRIVILEGED = '"{problem}\\n\\n{instruction}\\n\\nReference solution:\\n{reference}"'
+OURS = {"sdft": ("opsd-forward-kl.yaml", [f"prompt.privileged={SDFT_PRIVILEGED}"]), "gkd": ("opsd-forward-kl.yaml", []),
+        "distillation": ("opd-forward-kl.yaml", ["teacher.name=smollm2-135m-instruct"])}
 
 
 def cpu_seconds() -> float:
@@ -139,7 +152,8 @@ def build_ours(args, tokenizer, run_dir: Path):
     from trajdistill.train.run import build, load_run_problems
 
     total = args.steps + 1
-    cfg = load_config(PRESET, [
+    preset, teacher = OURS[args.anchor]
+    cfg = load_config(REPO / "configs" / preset, [*teacher, 
         "model.device=cpu", f"sampling.n={args.n}", "sampling.temperature=1.0", "sampling.top_p=1.0",
         "sampling.top_k=0", f"sampling.max_new_tokens={args.tokens}", f"sampling.batch_size={args.batch}",
         f"optim.problems_per_step={args.batch // args.n}", f"optim.micro_batch_size={args.batch}",
@@ -193,65 +207,150 @@ def with_context(problems: list, tokens: int, tokenizer) -> list:
 
 # -- TRL ------------------------------------------------------------------------------------------
 class GenerationTimer:
-    """Wraps `GKDTrainer.generate_on_policy_outputs` to time it and count the tokens it makes."""
+    """Time spent generating on TRL's side and the tokens of its steps (student prompt, teacher
+    prompt, completion), gathered by wrapping the trainer's own methods."""
 
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self):
         self.seconds = 0.0
         self.prompt_tokens = 0
+        self.teacher_prompt_tokens = 0
         self.completion_tokens = 0
 
-    def __call__(self, model, inputs, generation_config):
-        started = time.perf_counter()
-        ids, mask, labels = self.inner(model, inputs, generation_config)
-        self.seconds += time.perf_counter() - started
-        self.prompt_tokens += int(inputs["prompt_attention_mask"].sum())
-        self.completion_tokens += int((labels != -100).sum())
-        return ids, mask, labels
+    def timed(self, fn):
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.seconds += time.perf_counter() - started
+        return wrapper
+
+    def gkd(self, inner):
+        """`GKDTrainer.generate_on_policy_outputs` (the teacher reads the student prompt)."""
+        def wrapper(model, inputs, generation_config):
+            ids, mask, labels = self.timed(inner)(model, inputs, generation_config)
+            prompt = int(inputs["prompt_attention_mask"].sum())
+            self.prompt_tokens += prompt
+            self.teacher_prompt_tokens += prompt
+            self.completion_tokens += int((labels != -100).sum())
+            return ids, mask, labels
+        return wrapper
+
+    def batch(self, inner, teacher_prompts: bool):
+        """A method returning the step's batch (`prompt_mask`, `completion_mask`, and with
+        `teacher_prompts` the teacher's `teacher_attention_mask` over its prompt + the completion)."""
+        def wrapper(*a, **k):
+            out = inner(*a, **k)
+            prompt, completion = int(out["prompt_mask"].sum()), int(out["completion_mask"].sum())
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+            self.teacher_prompt_tokens += (int(out["teacher_attention_mask"].sum()) - completion
+                                           if teacher_prompts else prompt)
+            return out
+        return wrapper
 
 
-def build_trl(args, tokenizer, rows: list[dict], out_dir: Path, callback):
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def trl_common(args, out_dir: Path) -> dict:
+    """TrainingArguments shared by the three TRL trainers."""
+    return dict(output_dir=str(out_dir), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+                max_steps=args.steps + 1, learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=1,
+                max_grad_norm=1.0, weight_decay=0.0, temperature=1.0, bf16=False, fp16=False,
+                gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+                logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+
+
+def build_trl(args, rows: list[dict], out_dir: Path, callback):
+    """The TRL trainer of `args.anchor` on `rows`, its generation wrapped by a `GenerationTimer`."""
     from datasets import Dataset
     from peft import LoraConfig
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from trajdistill.models import load_model
+    from trajdistill.models import load_model, load_tokenizer
 
+    tokenizer = load_tokenizer("smollm2-135m-instruct")  # TRL's own: it sets padding side and pad token
+    tokenizer.padding_side = "left"
     student = load_model("smollm2-135m-instruct", device="cpu")
-    teacher = load_model("smollm2-135m-instruct", device="cpu")  # GKD needs a separate teacher model
-    config = GKDConfig(
-        output_dir=str(out_dir), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-        max_steps=args.steps + 1, learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=1,
-        max_grad_norm=1.0, weight_decay=0.0, lmbda=1.0, beta=0.0, temperature=1.0,
-        max_new_tokens=args.tokens, max_length=None, bf16=False, fp16=False, gradient_checkpointing=False,
-        use_cpu=True, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True,
-        train_sampling_strategy="sequential", dataloader_num_workers=0, seed=0,
-    )
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, processing_class=tokenizer,
-                         train_dataset=Dataset.from_list(rows), peft_config=lora, callbacks=[callback])
-    trainer.generation_config.min_new_tokens = args.tokens
-    trainer.generation_config.max_new_tokens = args.tokens
-    timer = GenerationTimer(trainer.generate_on_policy_outputs)
-    trainer.generate_on_policy_outputs = timer  # instance attribute shadows the staticmethod
+    lora, data, timer = LoraConfig(**LORA), Dataset.from_list(rows), GenerationTimer()
+    forced = {"min_new_tokens": args.tokens}
+    if args.anchor == "gkd":
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        config = GKDConfig(**trl_common(args, out_dir), lmbda=1.0, beta=0.0, max_new_tokens=args.tokens,
+                           max_length=None, train_sampling_strategy="sequential")
+        trainer = GKDTrainer(model=student, teacher_model=load_model("smollm2-135m-instruct", device="cpu"),
+                             args=config, processing_class=tokenizer, train_dataset=data, peft_config=lora,
+                             callbacks=[callback])
+        trainer.generation_config.min_new_tokens = args.tokens
+        trainer.generation_config.max_new_tokens = args.tokens
+        trainer.generate_on_policy_outputs = timer.gkd(trainer.generate_on_policy_outputs)
+    elif args.anchor == "distillation":
+        from trl import DistillationConfig, DistillationTrainer
+
+        config = DistillationConfig(**trl_common(args, out_dir), beta=0.0, max_completion_length=args.tokens,
+                                    generation_kwargs=forced, shuffle_dataset=False, disable_dropout=True)
+        trainer = DistillationTrainer(model=student, teacher_model=load_model("smollm2-135m-instruct", device="cpu"),
+                                      args=config, processing_class=tokenizer, train_dataset=data,
+                                      peft_config=lora, callbacks=[callback])
+        trainer._generate_single_turn = timer.timed(trainer._generate_single_turn)
+        trainer._generate_and_score_completions = timer.batch(trainer._generate_and_score_completions, False)
+    else:
+        from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+        config = SDFTConfig(**trl_common(args, out_dir), num_generations=args.n, max_completion_length=args.tokens,
+                            max_prompt_length=None, generation_kwargs=forced, shuffle_dataset=False,
+                            teacher_model_kind="base", distillation_mode="full_logits", distillation_alpha=0.0,
+                            distillation_is_clip=None, teacher_prompt_template="{prompt}\n\n{privileged_context}")
+        trainer = SDFTTrainer(model=student, args=config, processing_class=tokenizer, train_dataset=data,
+                              peft_config=lora, callbacks=[callback])
+        trainer._generate = timer.timed(trainer._generate)
+        trainer._prepare_training_batch = timer.batch(trainer._prepare_training_batch, True)
     return trainer, timer
 
 
-def trl_rows(method, problems) -> list[dict]:
-    """GKD's ChatML rows: the same user turn as our student prompt, the problem's own solution (without
-    a lengthened reference's lead) as the (unused, lmbda=1) assistant turn."""
-    instruction = method.cfg.prompt.instruction
+def trl_rows(args, method, problems) -> list[dict]:
+    """The anchor's rows, in our data order: the same user turn as our student prompt; GKD's
+    assistant turn (unused at lmbda=1) is the problem's own solution (without a lengthened
+    reference's lead); SDFT's privileged context is the reference as our privileged template
+    (`SDFT_PRIVILEGED`) places it, one row per problem (it samples `num_generations` per row); the others repeat each problem n times."""
+    p = method.cfg.prompt
     rows = []
-    for p in problems:
-        user = f"{p.prompt}\n\n{instruction}".strip() if instruction else p.prompt
-        rows.append({"messages": [{"role": "user", "content": user},
-                                  {"role": "assistant", "content": (p.reference or ".").split(OWN_SOLUTION)[-1]}]})
+    for problem in problems:
+        user = [{"role": "user", "content": f"{problem.prompt}\n\n{p.instruction}".strip()
+                 if p.instruction else problem.prompt}]
+        if args.anchor == "gkd":
+            solution = (problem.reference or ".").split(OWN_SOLUTION)[-1]
+            rows.append({"messages": user + [{"role": "assistant", "content": solution}]})
+        elif args.anchor == "distillation":
+            rows.append({"prompt": user})
+        else:
+            rows.append({"prompt": user, "privileged_context": f"Reference solution:\n{problem.reference}"})
     return rows
+
+
+def trl_prompt_ids(args, trainer, rows: list[dict]) -> tuple[list, list]:
+    """The student and teacher prompt token ids TRL builds from the first step's rows."""
+    first = rows[: args.batch if args.anchor != "sdft" else args.batch // args.n]
+    if args.anchor == "gkd":
+        batch = trainer.data_collator(first)
+        ids = [i[m.bool()].tolist() for i, m in zip(batch["prompts"], batch["prompt_attention_mask"])]
+        return ids, ids
+    if args.anchor == "distillation":
+        students = [list(s) for s in trainer._tokenize_prompts([r["prompt"] for r in first])[0]]
+        return students, students
+    students = trainer._tokenize_prompts([r["prompt"] for r in first])
+    teachers = trainer._tokenize_prompts(trainer.teacher_context_builder.select_generation_prompts(
+        [r["prompt"] for r in first], [r["privileged_context"] for r in first]))
+    return [list(s) for s in students], [list(t) for t in teachers]
 
 
 # -- the run --------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--anchor", choices=["sdft", "distillation", "gkd"], default="sdft",
+                    help="TRL trainer to compare against: SDFTTrainer (our OPSD), DistillationTrainer (our OPD), "
+                         "GKDTrainer (our OPSD)")
     ap.add_argument("--batch", type=int, default=8, help="sequences per step (both sides)")
     ap.add_argument("--tokens", type=int, default=64, help="completion tokens per sequence (forced)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per side, after one warm-up step")
@@ -271,6 +370,8 @@ def main() -> None:
     load_start = loadavg()
 
     from transformers import TrainerCallback
+    from transformers import __version__ as transformers_version
+    from trl import __version__ as trl_version
     from transformers.utils import logging as hf_logging
 
     from trajdistill.models import load_tokenizer
@@ -298,7 +399,8 @@ def main() -> None:
 
     # The problems of every step, in our data order; TRL reads them sequentially, `batch` at a time.
     step_problems = [ours.step_items(s) for s in range(args.steps + 1)]
-    rows = trl_rows(method, [p for ps in step_problems for p in ps for _ in range(args.n)])
+    per_row = 1 if args.anchor == "sdft" else args.n  # SDFT samples n per row itself
+    rows = trl_rows(args, method, [p for ps in step_problems for p in ps for _ in range(per_row)])
 
     ours_rec: list[dict] = []
     nodiag_rec: list[dict] = []
@@ -330,15 +432,16 @@ def main() -> None:
         def on_step_begin(self, a, state, control, **kw):
             torch.set_num_threads(args.threads)
             self.gen_s, self.gen_p, self.gen_c = timer.seconds, timer.prompt_tokens, timer.completion_tokens
+            self.gen_t = timer.teacher_prompt_tokens
             self.cpu0, self.t0 = cpu_seconds(), time.perf_counter()
 
         def on_step_end(self, a, state, control, **kw):
             wall, cpu = time.perf_counter() - self.t0, cpu_seconds() - self.cpu0
-            p_s = timer.prompt_tokens - self.gen_p
+            p_s, p_t = timer.prompt_tokens - self.gen_p, timer.teacher_prompt_tokens - self.gen_t
             trl_rec.append({"wall": wall, "cpu": cpu, "sample": timer.seconds - self.gen_s,
                             "update": wall - (timer.seconds - self.gen_s),
                             "completion": timer.completion_tokens - self.gen_c, "p_student": p_s,
-                            "p_teacher": p_s, "q_student": p_s, "q_teacher": p_s})
+                            "p_teacher": p_t, "q_student": p_s, "q_teacher": p_t})
             step = state.global_step - 1
             ours_rec.append(ours_step(step, diagnostics=True))
             if not args.no_diag_row:
@@ -348,12 +451,12 @@ def main() -> None:
                   + (f", ours w/o diagnostics {nodiag_rec[-1]['wall']:.1f}s" if nodiag_rec else "")
                   + f", load {loadavg()}", flush=True)
 
-    trl, timer = build_trl(args, tokenizer, rows, tmp / "trl", Alternate())
+    trl, timer = build_trl(args, rows, tmp / "trl", Alternate())
 
-    # Same prompt token ids on both sides?
-    first = trl.data_collator(rows[: args.batch])
-    trl_prompts = [ids[mask.bool()].tolist() for ids, mask in zip(first["prompts"], first["prompt_attention_mask"])]
-    same_prompts = trl_prompts == [method.student_prompt(p) for p in step_problems[0] for _ in range(args.n)]
+    # Same prompt token ids on both sides? (SDFT: one row per problem)
+    trl_students, trl_teachers = trl_prompt_ids(args, trl, rows)
+    same_prompts = trl_students == [method.student_prompt(p) for p in step_problems[0] for _ in range(per_row)]
+    same_teacher = trl_teachers == [method.teacher_prompt(p) for p in step_problems[0] for _ in range(per_row)]
 
     torch.set_num_threads(args.threads)
     trl.train()
@@ -364,9 +467,12 @@ def main() -> None:
     expected = args.batch * args.tokens
     peak = max(peak_before[0], peak_after[0])
     peak_cpu = max(peak_before[2], peak_after[2])
-    sides = [("ours: OPSD (preset, diagnostics on)", ours_rec[1:]), ("TRL GKDTrainer (lmbda=1, beta=0)", trl_rec[1:])]
+    ours_name = "OPD" if args.anchor == "distillation" else "OPSD"
+    trl_name = {"sdft": "TRL SDFTTrainer (base teacher, full_logits, alpha=0)",
+                "distillation": "TRL DistillationTrainer (beta=0)", "gkd": "TRL GKDTrainer (lmbda=1, beta=0)"}
+    sides = [(f"ours: {ours_name} (preset, diagnostics on)", ours_rec[1:]), (trl_name[args.anchor], trl_rec[1:])]
     if nodiag_rec:
-        sides.insert(1, ("ours: OPSD, diagnostics off", nodiag_rec[1:]))
+        sides.insert(1, (f"ours: {ours_name}, diagnostics off", nodiag_rec[1:]))
 
     def summary(rec: list[dict]) -> dict:
         med = lambda key: statistics.median(r[key] for r in rec)  # noqa: E731
@@ -409,6 +515,7 @@ def main() -> None:
     stats = [(name, summary(rec)) for name, rec in sides]
     ref = stats[-1][1]
     print()
+    print(f"CPU: {cpu_description()}; TRL {trl_version}, transformers {transformers_version}")
     print(f"SmolLM2-135M-Instruct (N = {n_params / 1e6:.1f}M base params, LoRA r16/alpha32 all-linear "
           f"{lora_params / 1e6:.2f}M trainable), fp32 CPU, torch {torch.__version__}, {args.threads} threads, "
           f"{os.cpu_count()} CPUs; batch {args.batch} sequences ({args.batch // args.n} problems x {args.n}) x "
@@ -417,7 +524,8 @@ def main() -> None:
           f"median of {args.steps} steps after 1 warm-up, steps alternating TRL/ours.")
     print(f"Load average (1/5/15 min): {load_start} at start, {load_end} at end -- the cores are shared, "
           "so wall times are noisy; the CPU-time row is steadier.")
-    print(f"Same student prompt token ids on both sides: {'yes' if same_prompts else 'NO'}; completion tokens "
+    print(f"Same student prompt token ids on both sides: {'yes' if same_prompts else 'NO'}; same teacher prompt "
+          f"token ids: {'yes' if same_teacher else 'NO'}; completion tokens "
           f"per step: ours {stats[0][1]['completion']:.0f}, TRL {ref['completion']:.0f} "
           f"(expected {expected}).")
     print(f"Matmul peak (2048x2048 fp32 torch.mm, best of 8): {peak_before[0]:.1f} GFLOP/s before, "
@@ -471,8 +579,9 @@ def main() -> None:
     row("floor s/step (every FLOP at peak, decoding at memory speed)", "{:.2f}", "floor")
     print("| best possible vs TRL's measured step (TRL s / this floor) | "
           + " | ".join(f"{ref['wall'] / s['floor']:.2f}x" if s is not ref else "-" for _, s in stats) + " |")
-    print("| model copies held | " + " | ".join("1 (teacher = adapter off)" if "ours" in n else "2 (student + teacher)"
-                                             for n, _ in stats) + " |")
+    copies = "2 (student + teacher)" if args.anchor != "sdft" else "1 (teacher = adapter off)"
+    print("| model copies held | " + " | ".join("1 (teacher = adapter off)" if "ours" in n and ours_name == "OPSD"
+                                             else copies for n, _ in stats) + " |")
     print()
     print("Target (issue): ours >= 1.6x TRL completion tokens/s: "
           f"{'met' if stats[0][1]['tps'] >= 1.6 * ref['tps'] else 'NOT met'} with the preset "
@@ -485,8 +594,11 @@ def main() -> None:
           f"head only on completion positions, student 4N (LoRA), at the peak; plus {args.tokens} decoding steps "
           f"each >= max(reading the {weight_bytes / 1e9:.2f} GB of weights at {bandwidth:.1f} GB/s "
           f"(fp32 sum of 512 MB, best of 3), computing {args.batch} rows at the peak).")
+    teachers = {"sdft": "both teachers read the same privileged prompt (P_t > P_s)",
+                "distillation": "both teachers read the student prompt (P_t = P_s)",
+                "gkd": "ours' teacher reads the privileged prompt (P_t > P_s), TRL's the student prompt"}
     print("Nominal FLOPs = 2N(P_s+C) generation + 2N(P_t+C) teacher forward + 6N(P_s+C) student fwd+bwd; "
-          "ours' teacher reads the privileged prompt (P_t > P_s), TRL's the student prompt.")
+          f"{teachers[args.anchor]}.")
 
 
 if __name__ == "__main__":

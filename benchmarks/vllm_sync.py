@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,21 +30,7 @@ from trajdistill.models.backbone import base_causal_lm
 from trajdistill.models.lora import apply_lora
 from trajdistill.rollout.weights import iter_merged_weights
 
-
-def cpu_description() -> str:
-    flags = set()
-    name = platform.processor() or "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    ext = [label for label, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags]
-    return f"{name} ({', '.join(ext) or 'no AVX2'})"
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
 
 
 def content_hash(model) -> str:
