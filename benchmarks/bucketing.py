@@ -29,6 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prefix_sharing import build_method, one_update, record_per_token, sequences  # noqa: E402
 
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
+
 
 def with_lengths(seqs, lengths):
     for seq, n in zip(seqs, lengths):
@@ -87,6 +89,7 @@ def main() -> None:
             print(f"{shape}: done", flush=True)
 
     base = {shape: med for shape, setting, med, _, _ in rows if setting == ("off", 0)}
+    print(f"CPU: {cpu_description()}")
     print(f"\nSmolLM2-135M-Instruct + LoRA r16 fp32, torch.set_num_threads({args.threads}); responses of "
           f"{args.min_tokens}-{args.tokens} tokens ({sum(lengths)} in all), privileged prompts ~{args.prompt_tokens} "
           f"tokens; median of {args.repeats} after {args.warmup} warm-up\n")

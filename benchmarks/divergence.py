@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
+
 HIDDEN, VOCAB = 576, 49152
 GIB = 1024**3
 
@@ -165,6 +167,7 @@ def main():
                 continue
         rows.append(_spawn(case))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"CPU: {cpu_description()}")
     print(_table(rows))
 
 

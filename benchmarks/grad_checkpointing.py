@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
+
 
 def one_step(model_name: str, tokens: int, checkpointing: bool, threads: int) -> dict:
     import torch
@@ -58,6 +60,7 @@ def main() -> None:
                               "--tokens", str(args.tokens), "--threads", str(args.threads)],
                              check=True, capture_output=True, text=True).stdout
         rows.append((setting, json.loads(out.strip().splitlines()[-1])))
+    print(f"CPU: {cpu_description()}")
     print(f"{args.model}, LoRA r=16, 1 x {args.tokens} tokens, fp32, CPU ({args.threads} threads), "
           "one forward + backward\n")
     print("| gradient checkpointing | peak RSS (MiB) | after loading (MiB) | step peak - loaded (MiB) | step time (s) |")

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs" / "opsd-forward-kl.yaml"
 
@@ -174,6 +176,7 @@ def main() -> None:
             rows.append((t_len, s_len, med, kl_diff, kl_mean, seqs))
             print(f"prompts ~{prompt_tokens}: done", flush=True)
 
+    print(f"CPU: {cpu_description()}")
     print(f"\n{args.problems} problems x {args.n} responses x {args.tokens} tokens, one micro-batch, "
           f"SmolLM2-135M-Instruct + LoRA r16 fp32, torch.set_num_threads({args.threads}), "
           f"median of {args.repeats} (after {args.warmup} warm-up)\n")

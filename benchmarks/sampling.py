@@ -19,6 +19,8 @@ from trajdistill.data import load_problems
 from trajdistill.models import load_model, load_tokenizer
 from trajdistill.rollout import SamplingParams, make_sampler, render_prompt
 
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
+
 
 def measure(sampler, prompts, params) -> tuple[float, int, list]:
     started = time.perf_counter()
@@ -57,6 +59,7 @@ def main() -> None:
                 for name, (backend, size, packed) in setups.items()}
     for sampler in samplers.values():  # warm-up (and the packed weights' one-time reorder)
         sampler.sample(prompts[:2], SamplingParams(n=1, temperature=0.0, max_new_tokens=4))
+    print(f"CPU: {cpu_description()}")
     print(f"model {args.model}, float32, {args.threads} threads, at most {args.tokens} new tokens (EOS ends an answer), "
           f"sequences per call: HF {args.batch[0]}, native {args.batch[1]}\n")
     print("| workload | tokens | HF s | native s | native + packed s | native vs HF | native + packed vs HF "

@@ -14,6 +14,8 @@ import time
 
 from trajdistill.verify.code import FunctionTests, IOTests, Limits, check_programs
 
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
+
 
 def workload(n: int) -> list[tuple[str, object]]:
     items: list[tuple[str, object]] = []
@@ -40,6 +42,7 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         passed = sum(v.passed for v in verdicts)
         rows.append((mode, workers, len(items), elapsed, len(items) / elapsed, passed))
+    print(f"CPU: {cpu_description()}")
     print(f"{'mode':<11} {'workers':>7} {'programs':>8} {'seconds':>8} {'verdicts/s':>10} {'passed':>7}")
     for mode, workers, n, elapsed, rate, passed in rows:
         print(f"{mode:<11} {workers:>7} {n:>8} {elapsed:>8.2f} {rate:>10.1f} {passed:>7}")

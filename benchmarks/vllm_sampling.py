@@ -26,6 +26,8 @@ from trajdistill.rollout.hf import HFSampler
 from trajdistill.rollout.native import NativeSampler
 from trajdistill.rollout.rescore import response_logprobs
 
+from machine import cpu_description  # benchmarks/machine.py (the script's own directory is on sys.path)
+
 
 def note(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
@@ -91,6 +93,7 @@ def main() -> None:
             note(f"{label} {name}: {times[label][-1]:.1f}s")
 
     load = os.getloadavg()[0]
+    print(f"CPU: {cpu_description()}")
     print(f"{args.model} ({args.dtype}, LoRA r=16 all-linear), {args.threads} cores, {args.tokens} new tokens "
           f"per sequence, 1-min load average at the end {load:.1f}\n")
     print("| workload | tokens | HF s | native s | vLLM s | native vs HF | vLLM vs HF |\n|---|---|---|---|---|---|---|")
