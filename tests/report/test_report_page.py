@@ -54,10 +54,8 @@ def paired(new, old):
     return f"{100 * m:+.1f} ± {100 * se:.1f}"
 
 
-def test_report_gives_paired_changes_vs_base_and_between_every_pair_of_runs(tmp_path):
-    base = [0, 0, 1, 0, 1, 0, 0, 1, 0, 0]
-    results = {"a": [1, 0, 1, 0, 1, 1, 0, 1, 0, 0], "b": [0, 1, 1, 1, 1, 0, 0, 1, 1, 0],
-               "c": [0, 0, 0, 0, 1, 0, 0, 1, 0, 0]}
+def greedy_runs(tmp_path, base: list[int], results: dict[str, list[int]]) -> list:
+    """One run directory per `results` entry: greedy before (`base`) and after (its list)."""
     runs = []
     for name, passed in results.items():
         run = tmp_path / name
@@ -66,6 +64,14 @@ def test_report_gives_paired_changes_vs_base_and_between_every_pair_of_runs(tmp_
         (run / "eval" / "before.json").write_text(json.dumps(greedy_summary("before", base)))
         (run / "eval" / "after.json").write_text(json.dumps(greedy_summary("after", passed)))
         runs.append(run)
+    return runs
+
+
+def test_report_gives_paired_changes_vs_base_and_between_every_pair_of_runs(tmp_path):
+    base = [0, 0, 1, 0, 1, 0, 0, 1, 0, 0]
+    results = {"a": [1, 0, 1, 0, 1, 1, 0, 1, 0, 0], "b": [0, 1, 1, 1, 1, 0, 0, 1, 1, 0],
+               "c": [0, 0, 0, 0, 1, 0, 0, 1, 0, 0]}
+    runs = greedy_runs(tmp_path, base, results)
     text = build_report(runs, tmp_path / "out").read_text()
     rows = {line.split(" | ")[0][2:]: line 
             for line in text.split("## Paired")[0].splitlines() if line.startswith("| ")}
@@ -87,14 +93,7 @@ def test_report_gives_paired_changes_vs_base_and_between_every_pair_of_runs(tmp_
 def test_report_gives_the_minimum_detectable_effect_beside_each_paired_change(tmp_path):
     base = [0] * 10
     results = {"same": [0] * 10, "two": [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]}
-    runs = []
-    for name, passed in results.items():
-        run = tmp_path / name
-        (run / "eval").mkdir(parents=True)
-        (run / "config.yaml").write_text(yaml.safe_dump({"method": "sft", "name": name}))
-        (run / "eval" / "before.json").write_text(json.dumps(greedy_summary("before", base)))
-        (run / "eval" / "after.json").write_text(json.dumps(greedy_summary("after", passed)))
-        runs.append(run)
+    runs = greedy_runs(tmp_path, base, results)
     text = build_report(runs, tmp_path / "out").read_text()
     held_out = text.split("## Paired")[0]
     assert "| method | greedy | avg@1 | pass@1 | MDE (80 % power) | Δ greedy vs base (paired) |" in held_out
